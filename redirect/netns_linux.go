@@ -1,0 +1,241 @@
+package redirect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Netns is an open network namespace in which the agent creates sockets. The agent enters
+// a namespace only on a locked OS thread, only to create a socket, and leaves at once: a
+// socket keeps the namespace it was created in, so everything after that (bind, connect,
+// accept, I/O) runs on any goroutine.
+type Netns struct {
+	path   string
+	handle netns.NsHandle
+	cookie uint64
+}
+
+// OpenNetns opens the network namespace at path (a bind mount such as /run/netns/NAME or
+// /proc/PID/ns/net) and reads its cookie, the kernel's stable identifier for it.
+func OpenNetns(path string) (*Netns, error) {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening netns %s: %w", path, err)
+	}
+	n := &Netns{path: path, handle: h}
+
+	fd, err := n.socket(unix.AF_INET, unix.SOCK_DGRAM)
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	defer unix.Close(fd)
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		n.Close()
+		return nil, fmt.Errorf("reading cookie of netns %s: %w", path, err)
+	}
+	n.cookie = cookie
+	return n, nil
+}
+
+// Path is the file the namespace was opened from.
+func (n *Netns) Path() string { return n.path }
+
+// Cookie is the kernel's identifier of the namespace, as bpf_get_netns_cookie returns it.
+func (n *Netns) Cookie() uint64 { return n.cookie }
+
+// FD is the namespace's file descriptor, valid until Close.
+func (n *Netns) FD() int { return int(n.handle) }
+
+// Close releases the namespace's file descriptor.
+func (n *Netns) Close() error {
+	return n.handle.Close()
+}
+
+// Do runs fn with the calling goroutine's OS thread inside the namespace. fn must only
+// create sockets: it must not block or start goroutines, which would run elsewhere.
+func (n *Netns) Do(fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("reading current netns: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(n.handle); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("entering netns %s: %w", n.path, err)
+	}
+	fnErr := fn()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: the runtime ends a locked thread when its goroutine
+		// exits, so a thread stuck in the pod's namespace is never reused.
+		return errors.Join(fnErr, fmt.Errorf("returning from netns %s: %w", n.path, err))
+	}
+	runtime.UnlockOSThread()
+	return fnErr
+}
+
+func (n *Netns) socket(family, typ int) (int, error) {
+	fd := -1
+	err := n.Do(func() error {
+		var err error
+		fd, err = unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("creating socket in netns %s: %w", n.path, err)
+		}
+		return nil
+	})
+	return fd, err
+}
+
+// Listen opens a TCP listener on addr inside the namespace. Multipath TCP is turned off:
+// an MPTCP socket cannot be put in a SOCKHASH, which sk_lookup needs.
+func (n *Netns) Listen(addr netip.AddrPort) (*net.TCPListener, error) {
+	var ln net.Listener
+	err := n.Do(func() error {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(false)
+		var err error
+		ln, err = lc.Listen(context.Background(), "tcp", addr.String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s in netns %s: %w", addr, n.path, err)
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+// DialOptions tune Dial.
+type DialOptions struct {
+	// Mark is set as SO_MARK before connecting, so the connect hooks leave the socket alone.
+	Mark uint32
+	// Local, when valid, is bound before connecting (port 0 picks one).
+	Local netip.AddrPort
+	// BeforeConnect runs after bind with the local address, just before connect. The
+	// returned function runs once the connect has finished, successfully or not.
+	BeforeConnect func(local netip.AddrPort) (after func(), err error)
+}
+
+// Dial opens a TCP connection to dst from inside the namespace.
+func (n *Netns) Dial(ctx context.Context, dst netip.AddrPort, opts DialOptions) (net.Conn, error) {
+	family := unix.AF_INET
+	if dst.Addr().Is6() && !dst.Addr().Is4In6() {
+		family = unix.AF_INET6
+	}
+	fd, err := n.socket(family, unix.SOCK_STREAM)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "veil-dial")
+	defer f.Close() // net.FileConn dups the descriptor
+
+	if opts.Mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(opts.Mark)); err != nil {
+			return nil, fmt.Errorf("setting SO_MARK: %w", err)
+		}
+	}
+	if opts.Local.IsValid() {
+		if err := unix.Bind(fd, sockaddr(family, opts.Local)); err != nil {
+			return nil, fmt.Errorf("binding %s in netns %s: %w", opts.Local, n.path, err)
+		}
+	}
+	if opts.BeforeConnect != nil {
+		local, err := localAddr(fd)
+		if err != nil {
+			return nil, err
+		}
+		after, err := opts.BeforeConnect(local)
+		if err != nil {
+			return nil, err
+		}
+		if after != nil {
+			defer after()
+		}
+	}
+	if err := connect(ctx, f, fd, sockaddr(family, dst)); err != nil {
+		return nil, fmt.Errorf("connecting to %s from netns %s: %w", dst, n.path, err)
+	}
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("wrapping connection to %s: %w", dst, err)
+	}
+	return c, nil
+}
+
+// connect runs a non-blocking connect and waits for it through the runtime's poller, so a
+// slow or silent destination costs a parked goroutine, not an OS thread.
+func connect(ctx context.Context, f *os.File, fd int, sa unix.Sockaddr) error {
+	err := unix.Connect(fd, sa)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EINPROGRESS) {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		f.SetWriteDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { f.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var connErr error
+	werr := rc.Write(func(fd uintptr) bool {
+		v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			connErr = err
+			return true
+		}
+		if v != 0 {
+			connErr = unix.Errno(v)
+			return true
+		}
+		_, err = unix.Getpeername(int(fd))
+		return !errors.Is(err, unix.ENOTCONN)
+	})
+	if connErr != nil {
+		return connErr
+	}
+	if werr != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return werr
+	}
+	return nil
+}
+
+func sockaddr(family int, ap netip.AddrPort) unix.Sockaddr {
+	if family == unix.AF_INET {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+}
+
+func localAddr(fd int) (netip.AddrPort, error) {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("reading local address: %w", err)
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)), nil
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port)), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("unexpected local address %T", sa)
+}

@@ -1,0 +1,256 @@
+package redirect_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/veil-mesh/veil/internal/testenv"
+	"github.com/veil-mesh/veil/redirect"
+)
+
+const testMark = 0x5a11
+
+// fixture is one "node" namespace and one enrolled "pod" namespace joined by a veth, with
+// the pod in its own cgroup under the cgroup the redirector is attached to.
+type fixture struct {
+	r        *redirect.Redirector
+	node     *testenv.Netns
+	pod      *testenv.Netns
+	podNS    *redirect.Netns
+	podCg    string
+	outbound *net.TCPListener
+	hbone    *net.TCPListener
+	inbound  *net.TCPListener
+	enr      *redirect.Enrollment
+}
+
+var podIP = netip.MustParseAddr("10.99.0.2")
+
+func newFixture(t *testing.T) *fixture {
+	testenv.RequirePrivileged(t)
+	f := &fixture{}
+	cg := testenv.Cgroup(t)
+	f.podCg = testenv.SubCgroup(t, cg, "pod")
+	f.node = testenv.NewNetns(t, testenv.Name("vt-node-"))
+	f.pod = testenv.NewNetns(t, testenv.Name("vt-pod-"))
+	testenv.Veth(t, f.node, "eth-pod", "10.99.0.1/24", f.pod, "eth0", "10.99.0.2/24")
+
+	r, err := redirect.Load(redirect.Config{
+		Cgroup: cg, PinDir: testenv.PinDir(t), Mark: testMark, HBONEPort: 15008,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Unpin(); r.Close() })
+	f.r = r
+
+	ns, err := redirect.OpenNetns(f.pod.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	f.podNS = ns
+	f.outbound = f.listen(t, "127.0.0.1:15001")
+	f.hbone = f.listen(t, "0.0.0.0:15008")
+	f.inbound = f.listen(t, "127.0.0.1:15006")
+	f.enr, err = r.Enroll(ns, redirect.Listeners{
+		OutboundPort: 15001, HBONE: f.hbone, Inbound: f.inbound, Addrs: []netip.Addr{podIP},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.enr.Close() })
+	return f
+}
+
+func (f *fixture) listen(t *testing.T, addr string) *net.TCPListener {
+	t.Helper()
+	ln, err := f.podNS.Listen(netip.MustParseAddrPort(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// accept waits for one connection on ln for at most a few seconds.
+func accept(t *testing.T, ln *net.TCPListener) (net.Conn, error) {
+	t.Helper()
+	ln.SetDeadline(time.Now().Add(5 * time.Second))
+	return ln.Accept()
+}
+
+func TestOutboundIsRedirectedWithOriginalDestination(t *testing.T) {
+	f := newFixture(t)
+
+	cmd := testenv.Command(f.pod.Path, f.podCg, "bash", "-c", "exec 3<>/dev/tcp/10.1.2.3/80 && echo hello >&3")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+
+	c, err := accept(t, f.outbound)
+	if err != nil {
+		t.Fatalf("no redirected connection arrived: %v", err)
+	}
+	defer c.Close()
+	dst, err := f.r.OriginalDstOf(f.podNS, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := netip.MustParseAddrPort("10.1.2.3:80"); dst != want {
+		t.Fatalf("original destination = %s, want %s", dst, want)
+	}
+	line, _ := io.ReadAll(io.LimitReader(c, 6))
+	if string(line) != "hello\n" {
+		t.Fatalf("read %q through the redirect, want %q", line, "hello\n")
+	}
+	if _, err := f.r.OriginalDstOf(f.podNS, c); !errors.Is(err, redirect.ErrNoOriginalDst) {
+		t.Fatalf("second lookup: got %v, want ErrNoOriginalDst", err)
+	}
+}
+
+func TestLoopbackInsidePodIsNotRedirected(t *testing.T) {
+	f := newFixture(t)
+	app := f.listen(t, "127.0.0.1:9000")
+
+	out := testenv.Run(t, f.pod.Path, f.podCg, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9000 && echo ok")
+	if strings.TrimSpace(out) != "ok" {
+		t.Fatalf("loopback connect failed: %q", out)
+	}
+	c, err := accept(t, app)
+	if err != nil {
+		t.Fatalf("app on loopback got nothing: %v", err)
+	}
+	c.Close()
+}
+
+func TestOtherNamespacesAndCgroupsAreNotRedirected(t *testing.T) {
+	f := newFixture(t)
+	// A server in the node namespace, reached from the pod's netns but from a process that
+	// is outside the attached cgroup, and from the pod's cgroup but another netns.
+	nodeNS, err := redirect.OpenNetns(f.node.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nodeNS.Close()
+	srv, err := nodeNS.Listen(netip.MustParseAddrPort("10.99.0.1:9000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+
+	testenv.Run(t, f.pod.Path, "", "bash", "-c", "exec 3<>/dev/tcp/10.99.0.1/9000")
+	if c, err := accept(t, srv); err != nil {
+		t.Fatalf("process outside the cgroup was diverted: %v", err)
+	} else {
+		c.Close()
+	}
+
+	other := testenv.NewNetns(t, testenv.Name("vt-other-"))
+	testenv.Veth(t, f.node, "eth-other", "10.98.0.1/24", other, "eth0", "10.98.0.2/24")
+	srv2, err := nodeNS.Listen(netip.MustParseAddrPort("10.98.0.1:9001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv2.Close()
+	testenv.Run(t, other.Path, f.podCg, "bash", "-c", "exec 3<>/dev/tcp/10.98.0.1/9001")
+	if c, err := accept(t, srv2); err != nil {
+		t.Fatalf("unenrolled namespace was diverted: %v", err)
+	} else {
+		c.Close()
+	}
+}
+
+func TestInboundGoesToAgentListeners(t *testing.T) {
+	f := newFixture(t)
+	app := f.listen(t, "0.0.0.0:8080")
+
+	for _, tc := range []struct {
+		port int
+		ln   *net.TCPListener
+	}{{8080, f.inbound}, {15008, f.hbone}} {
+		cmd := testenv.Command(f.node.Path, "", "bash", "-c", "exec 3<>/dev/tcp/10.99.0.2/"+itoa(tc.port))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		c, err := accept(t, tc.ln)
+		cmd.Wait()
+		if err != nil {
+			t.Fatalf("port %d: agent listener got nothing: %v", tc.port, err)
+		}
+		if got := c.LocalAddr().String(); got != "10.99.0.2:"+itoa(tc.port) {
+			t.Errorf("port %d: getsockname = %s, want the original destination", tc.port, got)
+		}
+		c.Close()
+	}
+
+	// The agent's own delivery, exempted, reaches the application itself.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := f.podNS.Dial(ctx, netip.AddrPortFrom(podIP, 8080), redirect.DialOptions{
+		Mark:  testMark,
+		Local: netip.AddrPortFrom(podIP, 0),
+		BeforeConnect: func(local netip.AddrPort) (func(), error) {
+			return f.r.Exempt(local, netip.AddrPortFrom(podIP, 8080))
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, err := accept(t, app)
+	if err != nil {
+		t.Fatalf("exempt delivery did not reach the app: %v", err)
+	}
+	a.Close()
+}
+
+func TestInboundFailsClosedWithoutListener(t *testing.T) {
+	f := newFixture(t)
+	app := f.listen(t, "0.0.0.0:8080")
+	f.inbound.Close()
+
+	out, _ := testenv.Command(f.node.Path, "", "timeout", "2", "bash", "-c",
+		"exec 3<>/dev/tcp/10.99.0.2/8080 && echo connected").CombinedOutput()
+	if strings.Contains(string(out), "connected") {
+		t.Fatal("plaintext connection reached the pod while the agent's listener was gone")
+	}
+	app.SetDeadline(time.Now().Add(100 * time.Millisecond))
+	if c, err := app.Accept(); err == nil {
+		c.Close()
+		t.Fatal("application accepted a connection that should have been dropped")
+	}
+}
+
+func TestReloadReplacesPinnedLinks(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	cg := testenv.Cgroup(t)
+	pins := testenv.PinDir(t)
+	cfg := redirect.Config{Cgroup: cg, PinDir: pins, Mark: testMark, HBONEPort: 15008}
+	r1, err := redirect.Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1.Close()
+	r2, err := redirect.Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { r2.Unpin(); r2.Close() }()
+
+	for _, p := range r2.Programs() {
+		n := attachedCount(t, cg, p.Type)
+		if n != 1 {
+			t.Errorf("%s: %d programs attached to the cgroup after a reload, want 1", p.Name, n)
+		}
+	}
+}
+
+func itoa(i int) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i)).String()[8:] }
