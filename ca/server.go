@@ -1,0 +1,314 @@
+package ca
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"reflect"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/veil-mesh/veil/agent/workloadfile"
+)
+
+// Defaults for Config.
+const (
+	DefaultCertTTL      = 24 * time.Hour
+	DefaultReloadPeriod = 2 * time.Second
+)
+
+// maxRequestBytes bounds a sign request. A P-256 CSR in PEM is about 600 bytes; the
+// limit keeps a client from making the CA buffer arbitrary amounts of memory.
+const maxRequestBytes = 64 << 10
+
+// Log field names, defined once.
+const (
+	logNode     = "node"
+	logIdentity = "identity"
+	logSerial   = "serial"
+	logExpires  = "expires"
+	logRemote   = "remote"
+	logReason   = "reason"
+	logStatus   = "status"
+)
+
+// Config is what a Server needs.
+type Config struct {
+	// Dir holds the root (RootCertFile, RootKeyFile); created on first start.
+	Dir string
+	// WorkloadsPath is the workload file that says which workload runs on which node.
+	// It is polled every ReloadPeriod (DefaultReloadPeriod when zero).
+	WorkloadsPath string
+	ReloadPeriod  time.Duration
+	// NodeTokensPath is the node tokens file, read once at start.
+	NodeTokensPath string
+	// CertTTL is the lifetime of issued certificates (DefaultCertTTL when zero).
+	CertTTL time.Duration
+	Log     zerolog.Logger
+}
+
+// Server is a running CA.
+type Server struct {
+	cfg       Config
+	log       zerolog.Logger
+	root      *root
+	tokens    *nodeTokens
+	serving   *servingCert
+	workloads atomic.Pointer[workloadfile.File]
+	now       func() time.Time
+}
+
+// NewServer loads (or on first start creates) the root, the node tokens and the workload
+// file. It fails if any of them cannot be used, so a misconfigured CA stops at start
+// rather than refusing every request later.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.CertTTL == 0 {
+		cfg.CertTTL = DefaultCertTTL
+	}
+	if cfg.ReloadPeriod == 0 {
+		cfg.ReloadPeriod = DefaultReloadPeriod
+	}
+	if cfg.CertTTL < time.Second {
+		return nil, fmt.Errorf("certificate TTL %s is too short; use at least 1s", cfg.CertTTL)
+	}
+
+	s := &Server{cfg: cfg, log: cfg.Log, now: time.Now}
+	r, created, err := loadOrCreateRoot(cfg.Dir, s.now())
+	if err != nil {
+		return nil, fmt.Errorf("loading root: %w", err)
+	}
+	s.root = r
+	s.serving = &servingCert{root: r, now: s.now}
+	s.logRoot(created)
+
+	if s.tokens, err = loadNodeTokens(cfg.NodeTokensPath); err != nil {
+		return nil, err
+	}
+	f, problems, err := workloadfile.Load(cfg.WorkloadsPath)
+	if err != nil {
+		return nil, err
+	}
+	s.setWorkloads(f, problems)
+	return s, nil
+}
+
+func (s *Server) logRoot(created bool) {
+	msg := "loaded root"
+	if created {
+		msg = "created root"
+	}
+	s.log.Info().Str("dir", s.cfg.Dir).Str(logSerial, s.root.cert.SerialNumber.Text(16)).
+		Time(logExpires, s.root.cert.NotAfter).Msg(msg)
+}
+
+// RootPEM returns the root certificate in PEM, as agents need it for --ca-root.
+func (s *Server) RootPEM() []byte { return s.root.certPEM() }
+
+// TLSConfig returns the server side of the CA's TLS: 1.3 only, with a certificate for
+// ServerName issued from the root.
+func (s *Server) TLSConfig() *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: s.serving.get}
+}
+
+// Serve answers requests on ln with TLS until ctx is done, then shuts down gracefully
+// and returns nil. It also watches the workload file for as long as it runs. Serve
+// closes ln.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go workloadfile.Watch(ctx, s.cfg.WorkloadsPath, s.cfg.ReloadPeriod, s.onWorkloadFile)
+
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		TLSConfig:         s.TLSConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		ErrorLog:          log.New(debugWriter{s.log}, "", 0),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+	defer stop()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutting down: %w", err)
+	}
+	return nil
+}
+
+// debugWriter sends net/http's own messages (mostly failed TLS handshakes from clients
+// that do not trust the root) to the logger at debug level.
+type debugWriter struct{ log zerolog.Logger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debug().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// onWorkloadFile takes each new version of the workload file. A file that cannot be
+// used is logged and the previous version kept: refusing every node because of a typo
+// would stop all renewals.
+func (s *Server) onWorkloadFile(f *workloadfile.File, problems []error, err error) {
+	if err != nil {
+		s.log.Error().Err(err).Msg("workload file unusable; keeping the previous version")
+		return
+	}
+	if reflect.DeepEqual(f, s.workloads.Load()) {
+		return
+	}
+	s.setWorkloads(f, problems)
+}
+
+func (s *Server) setWorkloads(f *workloadfile.File, problems []error) {
+	for _, p := range problems {
+		s.log.Warn().Err(p).Msg("workload left out")
+	}
+	s.workloads.Store(f)
+	s.log.Info().Str("path", s.cfg.WorkloadsPath).Str("trustDomain", f.TrustDomain.Name()).
+		Int("workloads", len(f.Workloads)).Msg("loaded workload file")
+}
+
+// Handler returns the CA's HTTP API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc(SignPath, s.handleSign)
+	return mux
+}
+
+func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeError(w, http.StatusMethodNotAllowed, "use POST")
+		return
+	}
+
+	node, ok := s.tokens.node(bearer(r))
+	if !ok {
+		s.refuse(w, r, http.StatusUnauthorized, "", spiffeid.ID{},
+			"missing or unknown node token; send Authorization: Bearer <this node's token>")
+		return
+	}
+
+	var req signRequest
+	if status, msg := decodeRequest(w, r, &req); status != 0 {
+		s.refuse(w, r, status, node, spiffeid.ID{}, msg)
+		return
+	}
+
+	f := s.workloads.Load()
+	pub, id, err := checkCSR(req.CSR, f.TrustDomain)
+	if err != nil {
+		s.refuse(w, r, http.StatusBadRequest, node, id, err.Error())
+		return
+	}
+	if !onNode(f, node, id) {
+		s.refuse(w, r, http.StatusForbidden, node, id, fmt.Sprintf("no workload with "+
+			"identity %s runs on node %s according to the workload file", id, node))
+		return
+	}
+
+	s.issue(w, r, node, id, pub)
+}
+
+func (s *Server) issue(w http.ResponseWriter, r *http.Request, node string, id spiffeid.ID,
+	pub any) {
+	cert, err := s.root.issueSVID(pub, id, s.now(), s.cfg.CertTTL)
+	if err != nil {
+		s.log.Error().Err(err).Str(logNode, node).Stringer(logIdentity, id).
+			Msg("issuing certificate")
+		writeError(w, http.StatusInternalServerError, "issuing certificate failed; see the CA log")
+		return
+	}
+
+	writeJSON(w, http.StatusOK, signResponse{
+		CertChain: certsPEM([]*x509.Certificate{cert}),
+		Bundle:    certsPEM([]*x509.Certificate{s.root.cert}),
+	})
+	s.log.Info().Str(logNode, node).Stringer(logIdentity, id).
+		Str(logSerial, cert.SerialNumber.Text(16)).Time(logExpires, cert.NotAfter).
+		Msg("certificate issued")
+}
+
+// onNode reports whether the workload file places a workload with identity id on node.
+func onNode(f *workloadfile.File, node string, id spiffeid.ID) bool {
+	for _, w := range f.Workloads {
+		if w.Node == node && w.ID(f.TrustDomain) == id {
+			return true
+		}
+	}
+	return false
+}
+
+func bearer(r *http.Request) string {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return ""
+	}
+	return strings.TrimSpace(token)
+}
+
+// decodeRequest reads a JSON body of at most maxRequestBytes. It returns a zero status
+// on success, or the status and message to refuse with.
+func decodeRequest(w http.ResponseWriter, r *http.Request, v any) (int, string) {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBytes))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("request larger than %d bytes", maxRequestBytes)
+	case err != nil:
+		return http.StatusBadRequest, "decoding request: " + err.Error()
+	}
+	return 0, ""
+}
+
+// refuse answers with an error and logs the refusal with what is known of the caller.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, node string,
+	id spiffeid.ID, msg string) {
+	ev := s.log.Warn().Int(logStatus, status).Str(logRemote, r.RemoteAddr).Str(logReason, msg)
+	if node != "" {
+		ev = ev.Str(logNode, node)
+	}
+	if !id.IsZero() {
+		ev = ev.Stringer(logIdentity, id)
+	}
+	ev.Msg("request refused")
+	writeError(w, status, msg)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, errorResponse{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v) // the client has gone if this fails; nothing to do
+}
+
+// certsPEM encodes certificates as consecutive PEM blocks.
+func certsPEM(certs []*x509.Certificate) string {
+	var b strings.Builder
+	for _, c := range certs {
+		b.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+	}
+	return b.String()
+}

@@ -1,0 +1,28 @@
+// Command veil-ca is veil's certificate authority: it signs the X509-SVIDs node agents ask
+// for, for the workloads the workload file places on their node.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "veil-ca:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "veil-ca",
+		Short:         "veil's certificate authority for node agents",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newServeCommand())
+	return root
+}
