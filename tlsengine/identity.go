@@ -1,0 +1,404 @@
+package tlsengine
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"net/url"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// Renewal timing. A certificate is renewed halfway through the life it had when it
+// arrived, moved by up to renewJitter of that half either way so that the certificates of
+// a node (or of every node, after a CA outage) do not all come due at the same moment.
+// A failed attempt is retried after retryMin, doubling up to retryMax: fast enough to
+// recover within a second of a brief CA restart, slow enough that a CA that is down for
+// hours sees one request per identity per minute.
+const (
+	renewJitter   = 0.10
+	retryMin      = time.Second
+	retryMax      = time.Minute
+	signTimeout   = 30 * time.Second
+	minRenewDelay = 100 * time.Millisecond // guards against a busy loop on tiny lifetimes
+)
+
+// Errors of the identity store.
+var (
+	// ErrIdentityUnknown: no certificate is held for the identity (never ensured, or
+	// released).
+	ErrIdentityUnknown = errors.New("identity not held by this node")
+	// ErrIdentityStoreClosed: the store has been closed.
+	ErrIdentityStoreClosed = errors.New("identity store closed")
+	// ErrNoBundle: no CA answer has arrived yet, so there are no roots to verify against.
+	ErrNoBundle = errors.New("no trust bundle yet: the CA has not answered")
+)
+
+// Log field names of the identity store.
+const (
+	logKeyIdentity = "identity"
+	logKeySerial   = "serial"
+	logKeyExpires  = "expires"
+	logKeyRetryIn  = "retryIn"
+)
+
+// Signer has a CSR signed; *ca.Client is one. It returns the chain (leaf first) and the
+// CA's current trust bundle.
+type Signer interface {
+	Sign(ctx context.Context, csrDER []byte) (chain, bundle []*x509.Certificate, err error)
+}
+
+// IdentityStatus describes one identity the store holds, for status output.
+type IdentityStatus struct {
+	ID          string    `json:"id"`
+	NotBefore   time.Time `json:"notBefore"`
+	NotAfter    time.Time `json:"notAfter"`
+	Serial      string    `json:"serial"`
+	LastRenewal time.Time `json:"lastRenewal"`
+	NextRenewal time.Time `json:"nextRenewal"`
+	LastError   string    `json:"lastError,omitempty"`
+}
+
+// IdentityStore holds an X509-SVID per identity this node serves, and keeps each one
+// fresh until it is released. Private keys are made here and never leave the process.
+//
+// Ensure obtains a certificate and starts its renewal; Release stops it; Close stops all.
+// Ensure is idempotent: one Release undoes any number of Ensure calls for an identity, so
+// the caller releases an identity when its last workload goes.
+type IdentityStore struct {
+	signer Signer
+	td     spiffeid.TrustDomain
+	log    zerolog.Logger
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+
+	mu     sync.RWMutex
+	ids    map[spiffeid.ID]*identity
+	closed bool
+
+	bundle atomic.Pointer[x509bundle.Bundle]
+}
+
+// identity is one held SVID and its renewal goroutine.
+type identity struct {
+	id     spiffeid.ID
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the renewal goroutine has returned
+
+	mu          sync.Mutex
+	svid        *x509svid.SVID
+	obtained    time.Time
+	nextRenewal time.Time
+	lastErr     error
+}
+
+// NewIdentityStore returns a store that obtains certificates for identities in td from
+// signer. log receives one Info line per certificate issued or renewed.
+func NewIdentityStore(signer Signer, td spiffeid.TrustDomain, log zerolog.Logger) *IdentityStore {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &IdentityStore{
+		signer: signer, td: td, log: log, ctx: ctx, cancel: cancel,
+		ids: map[spiffeid.ID]*identity{},
+	}
+}
+
+// Ensure makes sure the store holds a certificate for id: if it does not, it asks the
+// CA now, within ctx, and returns the CA's error if that fails. From then on the
+// certificate is renewed in the background until Release or Close. For an identity
+// already held it only reports whether the certificate has expired (renewal failing).
+func (s *IdentityStore) Ensure(ctx context.Context, id spiffeid.ID) error {
+	if !id.MemberOf(s.td) {
+		return fmt.Errorf("identity %s is not in trust domain %s", id, s.td)
+	}
+	s.mu.RLock()
+	e := s.ids[id]
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return ErrIdentityStoreClosed
+	}
+	if e != nil {
+		// Held already; renewal is running. Only an expired certificate is news.
+		_, err := e.current(time.Now())
+		return err
+	}
+
+	svid, err := s.obtain(ctx, id)
+	if err != nil {
+		return err
+	}
+	return s.add(id, svid)
+}
+
+// add starts holding svid for id, unless a concurrent Ensure got there first, in which
+// case the certificate it obtained is kept and this one dropped.
+func (s *IdentityStore) add(id spiffeid.ID, svid *x509svid.SVID) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrIdentityStoreClosed
+	}
+	if _, held := s.ids[id]; held {
+		return nil
+	}
+
+	ctx, cancel := context.WithCancel(s.ctx)
+	e := &identity{id: id, cancel: cancel, done: make(chan struct{})}
+	e.renewed(svid, time.Now())
+	s.ids[id] = e
+	go s.renewLoop(ctx, e)
+
+	s.logCert(svid, "certificate issued")
+	return nil
+}
+
+// Release stops renewing id and forgets its certificate; connections already established
+// keep going, new handshakes for id fail. It returns once renewal has stopped.
+func (s *IdentityStore) Release(id spiffeid.ID) {
+	s.mu.Lock()
+	e := s.ids[id]
+	delete(s.ids, id)
+	s.mu.Unlock()
+
+	if e != nil {
+		e.cancel()
+		<-e.done
+	}
+}
+
+// Close stops all renewal and releases every identity. Ensure fails afterwards.
+func (s *IdentityStore) Close() {
+	s.mu.Lock()
+	s.closed = true
+	held := s.ids
+	s.ids = map[spiffeid.ID]*identity{}
+	s.mu.Unlock()
+
+	s.cancel()
+	for _, e := range held {
+		<-e.done
+	}
+}
+
+// obtain makes a key, has a CSR for id signed and checks the answer: the chain must
+// verify against the bundle that came with it, for exactly id, over the key made here.
+// The bundle becomes the store's bundle only once all of that holds.
+func (s *IdentityStore) obtain(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generating key for %s: %w", id, err)
+	}
+	// Only the URI SAN: the CA sets everything else, and a subject or other SAN would
+	// be something a peer might wrongly trust.
+	csr, err := x509.CreateCertificateRequest(rand.Reader,
+		&x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
+	if err != nil {
+		return nil, fmt.Errorf("creating CSR for %s: %w", id, err)
+	}
+
+	chain, roots, err := s.signer.Sign(ctx, csr)
+	if err != nil {
+		return nil, fmt.Errorf("signing CSR for %s: %w", id, err)
+	}
+	if len(chain) == 0 || len(roots) == 0 {
+		return nil, fmt.Errorf("CA answer for %s has %d certificates and %d roots; "+
+			"want at least one of each", id, len(chain), len(roots))
+	}
+
+	bundle := x509bundle.FromX509Authorities(s.td, roots)
+	got, _, err := x509svid.Verify(chain, bundle)
+	if err != nil {
+		return nil, fmt.Errorf("verifying certificate for %s from the CA: %w", id, err)
+	}
+	if got != id || !key.PublicKey.Equal(chain[0].PublicKey) {
+		return nil, fmt.Errorf("CA answered the CSR for %s with a certificate for %s "+
+			"or for another key", id, got)
+	}
+
+	s.bundle.Store(bundle)
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, nil
+}
+
+// renewLoop renews e's certificate when it comes due, and after a failure retries with
+// backoff while the old certificate stays in use, until ctx is cancelled.
+func (s *IdentityStore) renewLoop(ctx context.Context, e *identity) {
+	defer close(e.done)
+	var retry time.Duration
+	for {
+		t := time.NewTimer(time.Until(e.due()))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+
+		sctx, cancel := context.WithTimeout(ctx, signTimeout)
+		svid, err := s.obtain(sctx, e.id)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			retry = nextRetry(retry)
+			e.failed(err, time.Now().Add(retry))
+			s.log.Warn().Err(err).Stringer(logKeyIdentity, e.id).Dur(logKeyRetryIn, retry).
+				Time(logKeyExpires, e.notAfter()).
+				Msg("renewing certificate failed; keeping the current one")
+			continue
+		}
+
+		retry = 0
+		e.renewed(svid, time.Now())
+		s.logCert(svid, "certificate renewed")
+	}
+}
+
+func (s *IdentityStore) logCert(svid *x509svid.SVID, msg string) {
+	leaf := svid.Certificates[0]
+	s.log.Info().Stringer(logKeyIdentity, svid.ID).Str(logKeySerial, serial(leaf)).
+		Time(logKeyExpires, leaf.NotAfter).Msg(msg)
+}
+
+func serial(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
+
+// renewDelay is how long after obtaining it a certificate valid until notAfter is
+// renewed: half the life left at that moment, moved by r (uniform in [0, 1)) within
+// ±renewJitter of that half. The life is measured from when the certificate arrived, not
+// from NotBefore, which the CA backdates to allow for clock skew.
+func renewDelay(obtained, notAfter time.Time, r float64) time.Duration {
+	half := float64(notAfter.Sub(obtained)) / 2
+	d := time.Duration(half + (2*r-1)*renewJitter*half)
+	return max(d, minRenewDelay)
+}
+
+// nextRetry doubles the wait before the next attempt, from retryMin up to retryMax.
+func nextRetry(prev time.Duration) time.Duration {
+	if prev == 0 {
+		return retryMin
+	}
+	return min(2*prev, retryMax)
+}
+
+func (e *identity) renewed(svid *x509svid.SVID, now time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.svid, e.obtained, e.lastErr = svid, now, nil
+	e.nextRenewal = now.Add(renewDelay(now, svid.Certificates[0].NotAfter, mrand.Float64()))
+}
+
+func (e *identity) failed(err error, retryAt time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.lastErr, e.nextRenewal = err, retryAt
+}
+
+func (e *identity) due() time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.nextRenewal
+}
+
+func (e *identity) notAfter() time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.svid.Certificates[0].NotAfter
+}
+
+// current returns the SVID, or an error once it has expired: a handshake with an
+// expired certificate would fail at the peer anyway, and the error here says why.
+func (e *identity) current(now time.Time) (*x509svid.SVID, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	leaf := e.svid.Certificates[0]
+	if now.After(leaf.NotAfter) {
+		if e.lastErr != nil {
+			return nil, fmt.Errorf("certificate for %s expired at %s and renewal is failing: %w",
+				e.id, leaf.NotAfter.Format(time.RFC3339), e.lastErr)
+		}
+		return nil, fmt.Errorf("certificate for %s expired at %s", e.id,
+			leaf.NotAfter.Format(time.RFC3339))
+	}
+	return e.svid, nil
+}
+
+func (e *identity) status() IdentityStatus {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	leaf := e.svid.Certificates[0]
+	st := IdentityStatus{
+		ID: e.id.String(), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
+		Serial: serial(leaf), LastRenewal: e.obtained, NextRenewal: e.nextRenewal,
+	}
+	if e.lastErr != nil {
+		st.LastError = e.lastErr.Error()
+	}
+	return st
+}
+
+// Status describes every identity held, sorted by ID.
+func (s *IdentityStore) Status() []IdentityStatus {
+	s.mu.RLock()
+	out := make([]IdentityStatus, 0, len(s.ids))
+	for _, e := range s.ids {
+		out = append(out, e.status())
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// SVIDSource returns a source that yields the current certificate for id at every call,
+// so a TLS config built once keeps serving across renewals. It fails while id is not
+// held (before Ensure, after Release).
+func (s *IdentityStore) SVIDSource(id spiffeid.ID) x509svid.Source {
+	return svidSource{s: s, id: id}
+}
+
+type svidSource struct {
+	s  *IdentityStore
+	id spiffeid.ID
+}
+
+func (src svidSource) GetX509SVID() (*x509svid.SVID, error) {
+	src.s.mu.RLock()
+	e := src.s.ids[src.id]
+	src.s.mu.RUnlock()
+	if e == nil {
+		return nil, fmt.Errorf("%w: %s", ErrIdentityUnknown, src.id)
+	}
+	return e.current(time.Now())
+}
+
+// Bundle returns a source of the trust bundle for the store's trust domain: the roots
+// of the latest verified CA answer, so a root added at the CA reaches every peer check
+// with the next issued or renewed certificate.
+func (s *IdentityStore) Bundle() x509bundle.Source { return bundleSource{s} }
+
+type bundleSource struct{ s *IdentityStore }
+
+func (b bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle,
+	error) {
+	if td != b.s.td {
+		return nil, fmt.Errorf("no trust bundle for trust domain %s; this node trusts only %s",
+			td, b.s.td)
+	}
+	bundle := b.s.bundle.Load()
+	if bundle == nil {
+		return nil, ErrNoBundle
+	}
+	return bundle, nil
+}
