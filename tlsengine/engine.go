@@ -1,0 +1,148 @@
+package tlsengine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http2"
+)
+
+// DefaultHBONEPort is the port HBONE servers listen on, as in Istio ambient.
+const DefaultHBONEPort = 15008
+
+// defaultDialTimeout bounds a dial, a TLS handshake and the wait for a CONNECT answer.
+// It is long enough for a peer node under load and short enough that an app's own
+// connect timeout (commonly 30 s or more) sees a reset rather than expiring first.
+const defaultDialTimeout = 10 * time.Second
+
+// Workload is one pod whose connections the engine carries.
+type Workload struct {
+	ID   spiffeid.ID
+	IPs  []netip.Addr
+	SVID x509svid.Source // current SVID of this workload (rotates underneath)
+	// DialApp connects to the application inside the workload's netns (delivery); the
+	// agent arranges that it is not intercepted again.
+	DialApp func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+	// DialOut opens a TCP connection from inside the workload's netns, marked so the
+	// interception hooks skip it (HBONE to a peer's :15008, or passthrough to non-mesh).
+	DialOut func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+}
+
+// Peers tells the identity expected at a destination IP; an IP it does not know is not
+// in the mesh.
+type Peers interface {
+	IdentityFor(ip netip.Addr) (spiffeid.ID, bool)
+}
+
+// OriginalDst tells where an intercepted connection was going.
+type OriginalDst func(c net.Conn) (netip.AddrPort, error)
+
+// Config configures an Engine.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	Bundle      x509bundle.Source
+	Peers       Peers // nil: no destination is in the mesh
+	Log         zerolog.Logger
+	HBONEPort   uint16 // 0: DefaultHBONEPort
+	// DialTimeout bounds each dial, TLS handshake and wait for a CONNECT answer.
+	// 0: 10 s.
+	DialTimeout time.Duration
+}
+
+// Engine carries workloads' connections. One engine serves every workload of a node;
+// its methods are safe for concurrent use.
+type Engine struct {
+	cfg         Config
+	log         zerolog.Logger
+	rejectLog   zerolog.Logger // sampled: a peer can make one line per connection
+	dialTimeout time.Duration
+
+	h2client *http2.Transport
+	h2server *http2.Server
+
+	stats engineStats
+	conns connTable
+}
+
+// NewEngine returns an engine; it starts nothing until a Serve method is called.
+func NewEngine(cfg Config) *Engine {
+	if cfg.HBONEPort == 0 {
+		cfg.HBONEPort = DefaultHBONEPort
+	}
+	e := &Engine{
+		cfg:         cfg,
+		log:         cfg.Log,
+		rejectLog:   cfg.Log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second}),
+		dialTimeout: cfg.DialTimeout,
+		h2client:    newH2Transport(),
+		h2server:    newH2Server(),
+	}
+	if e.dialTimeout <= 0 {
+		e.dialTimeout = defaultDialTimeout
+	}
+	e.conns.init()
+	return e
+}
+
+// Accept backoff, as net/http does for the same errors: running out of file descriptors
+// or memory is usually brief, and returning would take the listener down for good.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// serve accepts from ln until it is closed, running handle for each connection in its
+// own goroutine.
+func (e *Engine) serve(ln net.Listener, handle func(net.Conn)) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if !retryableAccept(err) {
+				return fmt.Errorf("accepting on %s: %w", ln.Addr(), err)
+			}
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			e.rejectLog.Warn().Err(err).Msg("accept failed, retrying")
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		go handle(c)
+	}
+}
+
+func retryableAccept(err error) bool {
+	for _, errno := range []syscall.Errno{
+		syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED,
+	} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
+}
+
+// connLog returns the logger for one connection's lines. A dst not known yet is left
+// out.
+func (e *Engine) connLog(w *Workload, dir Direction, src, dst netip.AddrPort) zerolog.Logger {
+	c := e.log.With().
+		Stringer(logKeyWorkload, w.ID).
+		Stringer(logKeyDirection, dir).
+		Stringer(logKeySrc, src)
+	if dst.IsValid() {
+		c = c.Stringer(logKeyDst, dst)
+	}
+	return c.Logger()
+}

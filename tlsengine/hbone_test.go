@@ -1,0 +1,470 @@
+package tlsengine
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func randBytes(n int, seed byte) []byte {
+	b := make([]byte, n)
+	_, _ = rand.NewChaCha8([32]byte{seed}).Read(b)
+	return b
+}
+
+// sendAndClose writes b to c and half-closes it, reporting the result on the channel.
+func sendAndClose(c *net.TCPConn, b []byte) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Write(b)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		done <- err
+	}()
+	return done
+}
+
+func TestHBONETransferBothWays(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	const size = 8 << 20
+	up, down := randBytes(size, 1), randBytes(size, 2)
+
+	appGot := make(chan [32]byte, 1)
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		wrote := make(chan error, 1)
+		go func() { _, err := c.Write(down); wrote <- err }()
+		h := sha256.New()
+		if _, err := io.Copy(h, c); err != nil {
+			t.Errorf("app reading: %v", err)
+		}
+		if err := <-wrote; err != nil {
+			t.Errorf("app writing: %v", err)
+		}
+		appGot <- [32]byte(h.Sum(nil))
+	})
+
+	c := m.dial(app.addr)
+	sent := sendAndClose(c, up)
+	h := sha256.New()
+	if _, err := io.Copy(h, c); err != nil {
+		t.Fatalf("client reading: %v", err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("client writing: %v", err)
+	}
+
+	if got, want := [32]byte(h.Sum(nil)), sha256.Sum256(down); got != want {
+		t.Errorf("client received bytes with a different hash")
+	}
+	if got, want := <-appGot, sha256.Sum256(up); got != want {
+		t.Errorf("app received bytes with a different hash")
+	}
+	want := Counters{Opened: 1, Closed: 1, BytesSent: size, BytesReceived: size}
+	waitCounters(t, m.client, Outbound, want, true)
+	waitCounters(t, m.server, Inbound, want, true)
+	if total := m.client.Stats(); total.Counters != want {
+		t.Errorf("client totals %+v, want %+v", total.Counters, want)
+	}
+}
+
+func TestHBONEHalfClose(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	request := []byte("all of the request")
+	response := randBytes(1<<20, 3)
+
+	appGot := make(chan []byte, 1)
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		req, err := io.ReadAll(c) // the client's FIN arrives as EOF ...
+		if err != nil {
+			t.Errorf("app reading: %v", err)
+		}
+		appGot <- req
+		if _, err := c.Write(response); err != nil { // ... and the answer still flows
+			t.Errorf("app writing: %v", err)
+		}
+	})
+
+	c := m.dial(app.addr)
+	if err := <-sendAndClose(c, request); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("client reading after its half-close: %v", err)
+	}
+	if !bytes.Equal(got, response) {
+		t.Errorf("client received %d bytes, want the %d-byte response", len(got), len(response))
+	}
+	if req := <-appGot; !bytes.Equal(req, request) {
+		t.Errorf("app received %q, want %q", req, request)
+	}
+}
+
+func TestHBONEServerSpeaksFirst(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	banner := []byte("220 hello from the server\r\n")
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		if _, err := c.Write(banner); err != nil {
+			t.Errorf("app writing: %v", err)
+		}
+		_, _ = io.Copy(io.Discard, c)
+	})
+
+	c := m.dial(app.addr)
+	got := make([]byte, len(banner))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("reading the banner without sending first: %v", err)
+	}
+	if !bytes.Equal(got, banner) {
+		t.Fatalf("got %q, want %q", got, banner)
+	}
+
+	// Mid-connection, both engines list it. A relay counts a chunk once it is written,
+	// which may be just after the app has read it, so the counts are waited for.
+	src := addrPortOf(c.LocalAddr())
+	wantClient := ConnInfo{
+		Workload: idA, Direction: Outbound, Local: src, Remote: app.addr, Peer: idB,
+		BytesReceived: uint64(len(banner)),
+	}
+	wantServer := ConnInfo{
+		Workload: idB, Direction: Inbound, Local: app.addr, Peer: idA,
+		BytesSent: uint64(len(banner)),
+	}
+	var client, server []ConnInfo
+	eventually(t, "both engines to list the connection", func() bool {
+		client, server = m.client.Connections(), m.server.Connections()
+		return len(client) == 1 && len(server) == 1 &&
+			sameConn(client[0], wantClient) && sameConn(server[0], wantServer)
+	})
+	if ci := server[0]; ci.Remote.Addr() != loopback || ci.Start.IsZero() {
+		t.Errorf("server connection %+v: want a loopback remote and a start time", ci)
+	}
+
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("reading to EOF: %v", err)
+	}
+	eventually(t, "no live connections", func() bool {
+		return len(m.client.Connections()) == 0 && len(m.server.Connections()) == 0
+	})
+	if logs := m.serverLogs.String(); !containsAll(logs, `for=\"127.0.0.1\"`, "connection closed") {
+		t.Errorf("server logs lack the Forwarded client or the close line:\n%s", logs)
+	}
+}
+
+// sameConn compares the fields of a ConnInfo that a test can predict.
+func sameConn(got, want ConnInfo) bool {
+	got.Start = time.Time{}
+	if want.Remote == (netip.AddrPort{}) {
+		got.Remote = netip.AddrPort{}
+	}
+	return got == want
+}
+
+func TestHBONEDialRefusedResetsClient(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	c := m.dial(closedPort(t))
+
+	expectReset(t, c)
+	waitCounters(t, m.client, Outbound, Counters{Failed: 1}, true)
+	waitCounters(t, m.server, Inbound, Counters{Failed: 1}, true)
+}
+
+func TestHBONEDialTimeoutResetsClient(t *testing.T) {
+	m := newMesh(t, meshOpts{
+		serverDialTimeout: 50 * time.Millisecond,
+		dialApp: func(ctx context.Context, _ netip.AddrPort) (net.Conn, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+	})
+	c := m.dial(netip.AddrPortFrom(loopback, 9))
+
+	expectReset(t, c)
+	waitCounters(t, m.server, Inbound, Counters{Failed: 1}, true)
+	eventually(t, "the 504 in the server log", func() bool {
+		return containsAll(m.serverLogs.String(), `"status":504`)
+	})
+}
+
+func TestHBONEAppResetResetsClient(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		_, _ = c.Write([]byte("hello"))
+		var b [1]byte
+		_, _ = io.ReadFull(c, b[:]) // the client has seen hello
+		_ = c.SetLinger(0)
+	})
+
+	c := m.dial(app.addr)
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("k")); err != nil {
+		t.Fatal(err)
+	}
+	expectReset(t, c)
+	waitCounters(t, m.client, Outbound, Counters{Opened: 1, Closed: 1}, false)
+}
+
+func TestHBONEClientResetResetsApp(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	appErr := make(chan error, 1)
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		_, _ = c.Write([]byte("hello"))
+		_, err := io.Copy(io.Discard, c)
+		appErr <- err
+	})
+
+	c := m.dial(app.addr)
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetLinger(0)
+	_ = c.Close()
+	if err := <-appErr; !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app read %v, want ECONNRESET", err)
+	}
+}
+
+func TestHBONEWrongServerIdentity(t *testing.T) {
+	m := newMesh(t, meshOpts{serverID: idC})
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) {})
+
+	c := m.dial(app.addr)
+	_, _ = c.Write([]byte("secret"))
+	expectReset(t, c)
+
+	waitCounters(t, m.client, Outbound, Counters{Failed: 1}, true)
+	waitCounters(t, m.server, Inbound, Counters{Failed: 1}, true)
+	if n := app.accepted.Load(); n != 0 {
+		t.Errorf("app accepted %d connections, want 0", n)
+	}
+	if n := m.dials.Load(); n != 0 {
+		t.Errorf("server dialed the app %d times, want 0", n)
+	}
+	if logs := m.clientLogs.String(); !containsAll(logs, "HBONE server rejected", idC.String()) {
+		t.Errorf("client logs do not say why the server was rejected:\n%s", logs)
+	}
+}
+
+func TestHBONEClientFromOtherTrustDomain(t *testing.T) {
+	m := newMesh(t, meshOpts{clientID: idElse})
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) {})
+
+	c := m.dial(app.addr)
+	_, _ = c.Write([]byte("hello"))
+	expectReset(t, c)
+
+	waitCounters(t, m.server, Inbound, Counters{Failed: 1}, true)
+	if n := m.dials.Load(); n != 0 {
+		t.Errorf("server dialed the app %d times, want 0", n)
+	}
+	if n := app.accepted.Load(); n != 0 {
+		t.Errorf("app accepted %d connections, want 0", n)
+	}
+	if logs := m.serverLogs.String(); !containsAll(logs, "HBONE client rejected", "other.org") {
+		t.Errorf("server logs do not say why the client was rejected:\n%s", logs)
+	}
+}
+
+// TestHBONESVIDRotation shows that a workload's certificate is read at each handshake:
+// swapping what its source returns changes the next connection, with nothing rebuilt.
+func TestHBONESVIDRotation(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	src := &rotatingSVID{}
+	src.cur.Store(m.ca.issue(idElse)) // a certificate the server refuses
+	m.a.SVID = src
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = c.Write([]byte("ok")) })
+
+	expectReset(t, m.dial(app.addr))
+
+	src.cur.Store(m.ca.issue(idA))
+	got, err := io.ReadAll(m.dial(app.addr))
+	if err != nil || string(got) != "ok" {
+		t.Fatalf("after rotation: got %q, %v", got, err)
+	}
+}
+
+// TestHBONERefusesBadRequests speaks HTTP/2 to the HBONE port directly, as a verified
+// client, with requests the engine never sends.
+func TestHBONERefusesBadRequests(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	tests := []struct {
+		name, method, authority string
+		want                    int
+	}{
+		{"GET", http.MethodGet, "127.0.0.1:80", http.StatusMethodNotAllowed},
+		{"POST", http.MethodPost, "127.0.0.1:80", http.StatusMethodNotAllowed},
+		{"not a local IP", http.MethodConnect, "127.0.0.3:80", http.StatusBadRequest},
+		{"host name", http.MethodConnect, "localhost:80", http.StatusBadRequest},
+		{"port zero", http.MethodConnect, "127.0.0.1:0", http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			failedBefore := counters(m.server, Inbound).Failed
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			cc, err := m.client.clientConn(ctx, m.a, loopback, idB)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+
+			req, err := http.NewRequestWithContext(ctx, tt.method, "https://"+tt.authority+"/", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = resp.Body.Close()
+			if resp.StatusCode != tt.want {
+				t.Errorf("status %d, want %d", resp.StatusCode, tt.want)
+			}
+			waitCounters(t, m.server, Inbound, Counters{Failed: failedBefore + 1}, true)
+			if n := m.dials.Load(); n != 0 {
+				t.Errorf("server dialed the app %d times, want 0", n)
+			}
+		})
+	}
+}
+
+func TestHBONEGarbageIsCountedAndSurvived(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	garbage, err := net.Dial("tcp", m.hboneAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer garbage.Close()
+	_ = garbage.SetDeadline(time.Now().Add(testTimeout))
+	if _, err := garbage.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, garbage); err != nil &&
+		!errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("reading the server's answer to garbage: %v", err)
+	}
+	waitCounters(t, m.server, Inbound, Counters{Failed: 1}, true)
+
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = c.Write([]byte("still up")) })
+	got, err := io.ReadAll(m.dial(app.addr))
+	if err != nil || string(got) != "still up" {
+		t.Fatalf("a tunnel after the garbage: got %q, %v", got, err)
+	}
+}
+
+func TestPassthroughToNonMesh(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	app := startApp(t, "127.0.0.2:0", func(c *net.TCPConn) {
+		req, _ := io.ReadAll(c)
+		_, _ = c.Write(append([]byte("echo: "), req...))
+	})
+
+	c := m.dial(app.addr)
+	if err := <-sendAndClose(c, []byte("plain")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "echo: plain" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+	want := Counters{Opened: 1, Closed: 1, BytesSent: 5, BytesReceived: 11}
+	waitCounters(t, m.client, Passthrough, want, true)
+	waitCounters(t, m.client, Outbound, Counters{}, true)
+	if n := m.dials.Load(); n != 0 {
+		t.Errorf("a passthrough connection reached the HBONE server")
+	}
+}
+
+func TestPassthroughRefusedResetsClient(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	dst := closedPort(t)
+	c := m.dial(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), dst.Port()))
+	expectReset(t, c)
+	waitCounters(t, m.client, Passthrough, Counters{Failed: 1}, true)
+}
+
+func TestInboundPlaintext(t *testing.T) {
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		req, _ := io.ReadAll(c)
+		_, _ = c.Write(append([]byte("echo: "), req...))
+	})
+	ln := listen(t, "127.0.0.1:0")
+	var delivered netip.AddrPort
+	w := &Workload{
+		ID: idB, IPs: []netip.Addr{loopback},
+		// The listener's own address stands in for the app's: in a pod they are the same
+		// address and sk_lookup tells them apart.
+		DialApp: func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+			delivered = dst
+			return dialTCP(ctx, app.addr)
+		},
+	}
+	e := NewEngine(Config{TrustDomain: meshTD})
+	serveUntilCleanup(t, ln, func() error { return e.ServeInbound(ln, w) })
+
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	c := raw.(*net.TCPConn)
+	_ = c.SetDeadline(time.Now().Add(testTimeout))
+	if err := <-sendAndClose(c, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "echo: hi" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+	if want := addrPortOf(ln.Addr()); delivered != want {
+		t.Errorf("delivered to %s, want the connection's local address %s", delivered, want)
+	}
+	want := Counters{Opened: 1, Closed: 1, BytesSent: 8, BytesReceived: 2}
+	waitCounters(t, e, InboundPlaintext, want, true)
+}
+
+func TestDialFailureStatus(t *testing.T) {
+	tests := []struct {
+		err  error
+		want int
+	}{
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, 503},
+		{context.DeadlineExceeded, 504},
+		{&net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded}, 504},
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.EHOSTUNREACH)}, 502},
+	}
+	for _, tt := range tests {
+		if got := dialFailureStatus(tt.err); got != tt.want {
+			t.Errorf("dialFailureStatus(%v) = %d, want %d", tt.err, got, tt.want)
+		}
+	}
+}
+
+func TestForwardedFor(t *testing.T) {
+	for ip, want := range map[string]string{
+		"10.244.1.11": `for="10.244.1.11"`,
+		"fd00::1":     `for="[fd00::1]"`,
+	} {
+		if got := forwardedFor(netip.MustParseAddr(ip)); got != want {
+			t.Errorf("forwardedFor(%s) = %s, want %s", ip, got, want)
+		}
+	}
+}

@@ -1,0 +1,48 @@
+package tlsengine
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+)
+
+// ServeInbound carries plaintext connections from clients outside the mesh to w's apps,
+// until ln is closed. The sk_lookup hook keeps each connection's original destination
+// as its local address, and that is where it is delivered: this is PERMISSIVE mode.
+func (e *Engine) ServeInbound(ln net.Listener, w *Workload) error {
+	return e.serve(ln, func(c net.Conn) { e.inboundPlaintext(c, w) })
+}
+
+func (e *Engine) inboundPlaintext(c net.Conn, w *Workload) {
+	src, dst := addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())
+	log := e.connLog(w, InboundPlaintext, src, dst)
+
+	app, err := e.dialLocal(w, dst)
+	if err != nil {
+		e.failed(InboundPlaintext)
+		log.Debug().Err(err).Msg("delivery failed")
+		reset(c)
+		return
+	}
+
+	t := e.track(ConnInfo{
+		Workload: w.ID, Direction: InboundPlaintext, Local: dst, Remote: src,
+	}, log)
+	t.done(relayConns(app, c, t))
+}
+
+// dialLocal connects to w's app at dst, which must be one of w's addresses: the engine
+// delivers only to the workload whose listener took the connection.
+func (e *Engine) dialLocal(w *Workload, dst netip.AddrPort) (net.Conn, error) {
+	if !w.isLocal(dst.Addr()) {
+		return nil, fmt.Errorf("%w: %s", ErrNotLocal, dst)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout)
+	defer cancel()
+	app, err := w.DialApp(ctx, dst)
+	if err != nil {
+		return nil, fmt.Errorf("dialing app %s: %w", dst, err)
+	}
+	return app, nil
+}

@@ -1,0 +1,195 @@
+package tlsengine
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Direction is which path a connection took through the engine.
+type Direction uint8
+
+const (
+	// Outbound: the workload's app to a mesh peer, over HBONE.
+	Outbound Direction = iota
+	// Passthrough: the workload's app to a destination outside the mesh, in plaintext.
+	Passthrough
+	// Inbound: a mesh peer to the workload's app, over HBONE.
+	Inbound
+	// InboundPlaintext: a client outside the mesh to the workload's app (PERMISSIVE).
+	InboundPlaintext
+
+	numDirections
+)
+
+var directionNames = [numDirections]string{
+	"outbound", "passthrough", "inbound", "inbound-plaintext",
+}
+
+func (d Direction) String() string {
+	if d < numDirections {
+		return directionNames[d]
+	}
+	return "unknown"
+}
+
+// MarshalText makes a Direction a readable JSON map key and value.
+func (d Direction) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Counters count connections and bytes. A connection is opened once both of its sides
+// are connected and relaying; one that never got there is failed instead. Bytes are from
+// the workload's point of view.
+type Counters struct {
+	Opened        uint64 `json:"opened"`
+	Closed        uint64 `json:"closed"`
+	Failed        uint64 `json:"failed"`
+	BytesSent     uint64 `json:"bytesSent"`
+	BytesReceived uint64 `json:"bytesReceived"`
+}
+
+func (c *Counters) add(o Counters) {
+	c.Opened += o.Opened
+	c.Closed += o.Closed
+	c.Failed += o.Failed
+	c.BytesSent += o.BytesSent
+	c.BytesReceived += o.BytesReceived
+}
+
+// Stats are the engine's totals since it was made, overall and per direction.
+type Stats struct {
+	Counters
+	ByDirection map[Direction]Counters `json:"byDirection"`
+}
+
+// ConnInfo describes one live connection. Local is the workload side (the app's source
+// address for outbound, the delivered-to address for inbound); Remote is the other end
+// (the original destination for outbound, the client's address for inbound). Peer is
+// the verified identity on the other end, zero for plaintext.
+type ConnInfo struct {
+	Workload      spiffeid.ID    `json:"workload"`
+	Direction     Direction      `json:"direction"`
+	Local         netip.AddrPort `json:"local"`
+	Remote        netip.AddrPort `json:"remote"`
+	Peer          spiffeid.ID    `json:"peer"`
+	BytesSent     uint64         `json:"bytesSent"`
+	BytesReceived uint64         `json:"bytesReceived"`
+	Start         time.Time      `json:"start"`
+}
+
+type dirCounters struct {
+	opened, closed, failed, sent, received atomic.Uint64
+}
+
+type engineStats [numDirections]dirCounters
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Stats {
+	s := Stats{ByDirection: make(map[Direction]Counters, numDirections)}
+	for d := range numDirections {
+		dc := &e.stats[d]
+		c := Counters{
+			Opened:        dc.opened.Load(),
+			Closed:        dc.closed.Load(),
+			Failed:        dc.failed.Load(),
+			BytesSent:     dc.sent.Load(),
+			BytesReceived: dc.received.Load(),
+		}
+		s.ByDirection[d] = c
+		s.add(c)
+	}
+	return s
+}
+
+// failed counts a connection in direction d that never started relaying.
+func (e *Engine) failed(d Direction) { e.stats[d].failed.Add(1) }
+
+// connTable holds the live connections.
+type connTable struct {
+	mu    sync.Mutex
+	next  uint64
+	conns map[uint64]*tracked
+}
+
+func (t *connTable) init() { t.conns = make(map[uint64]*tracked) }
+
+// tracked is one live connection: its description, its byte counters and the counters
+// of its direction, which it updates as bytes move so Stats is current mid-transfer.
+type tracked struct {
+	e              *Engine
+	id             uint64
+	info           ConnInfo
+	sent, received atomic.Uint64
+	dir            *dirCounters
+	log            zerolog.Logger
+}
+
+// track registers a connection that is about to start relaying.
+func (e *Engine) track(info ConnInfo, log zerolog.Logger) *tracked {
+	info.Start = time.Now()
+	t := &tracked{e: e, info: info, dir: &e.stats[info.Direction], log: log}
+	t.dir.opened.Add(1)
+
+	e.conns.mu.Lock()
+	e.conns.next++
+	t.id = e.conns.next
+	e.conns.conns[t.id] = t
+	e.conns.mu.Unlock()
+
+	log.Debug().Stringer(logKeyPeer, info.Peer).Msg("connection opened")
+	return t
+}
+
+func (t *tracked) addSent(n int) {
+	t.sent.Add(uint64(n))
+	t.dir.sent.Add(uint64(n))
+}
+
+func (t *tracked) addReceived(n int) {
+	t.received.Add(uint64(n))
+	t.dir.received.Add(uint64(n))
+}
+
+// done removes the connection from the live table. outcome says how it ended.
+func (t *tracked) done(outcome string) {
+	t.e.conns.mu.Lock()
+	delete(t.e.conns.conns, t.id)
+	t.e.conns.mu.Unlock()
+	t.dir.closed.Add(1)
+
+	t.log.Debug().
+		Str(logKeyOutcome, outcome).
+		Uint64(logKeySent, t.sent.Load()).
+		Uint64(logKeyReceived, t.received.Load()).
+		Dur(logKeyDuration, time.Since(t.info.Start)).
+		Msg("connection closed")
+}
+
+func (t *tracked) snapshot() ConnInfo {
+	ci := t.info
+	ci.BytesSent = t.sent.Load()
+	ci.BytesReceived = t.received.Load()
+	return ci
+}
+
+// Connections returns the live connections, oldest first.
+func (e *Engine) Connections() []ConnInfo {
+	e.conns.mu.Lock()
+	ts := make([]*tracked, 0, len(e.conns.conns))
+	for _, t := range e.conns.conns {
+		ts = append(ts, t)
+	}
+	e.conns.mu.Unlock()
+
+	slices.SortFunc(ts, func(a, b *tracked) int { return cmp.Compare(a.id, b.id) })
+	out := make([]ConnInfo, len(ts))
+	for i, t := range ts {
+		out[i] = t.snapshot()
+	}
+	return out
+}
