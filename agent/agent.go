@@ -1,0 +1,293 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/veil-mesh/veil/agent/workloadfile"
+	"github.com/veil-mesh/veil/ca"
+	"github.com/veil-mesh/veil/redirect"
+	"github.com/veil-mesh/veil/tlsengine"
+)
+
+// Agent is one node's veil daemon.
+type Agent struct {
+	cfg     Config
+	log     zerolog.Logger
+	errs    *errorRing
+	started time.Time
+
+	red    *redirect.Redirector
+	signer *trackedSigner
+	ids    *tlsengine.IdentityStore
+	engine *tlsengine.Engine
+	peers  *peerTable
+
+	mu        sync.Mutex
+	td        spiffeid.TrustDomain
+	workloads map[string]*workload // by namespace/name, this node's only
+	fileErr   error
+	problems  []error
+}
+
+// Run starts the agent and serves until ctx ends. It returns an error only for what stops
+// the whole node from working (a kernel without the hooks, no admin socket); trouble with
+// one workload is logged and the others keep being served.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	errs := newErrorRing(20)
+	a := &Agent{
+		cfg: cfg, log: log, errs: errs, started: time.Now(),
+		peers: newPeerTable(), workloads: map[string]*workload{},
+	}
+
+	red, err := redirect.Load(redirect.Config{
+		Cgroup: cfg.Cgroup, PinDir: cfg.PinDir, Mark: cfg.Mark,
+		HBONEPort: cfg.HBONEPort, Exclude: cfg.Exclude,
+	})
+	if err != nil {
+		return fmt.Errorf("loading BPF programs for cgroup %s: %w", cfg.Cgroup, err)
+	}
+	defer red.Close()
+	a.red = red
+	progs := red.Programs()
+	names := make([]string, len(progs))
+	for i, p := range progs {
+		names[i] = p.Name
+	}
+	a.log.Info().Strs(fieldPrograms, names).Str("cgroup", cfg.Cgroup).Msg("BPF programs attached")
+
+	client, err := ca.NewClient(cfg.CAAddr, cfg.CARoot, cfg.NodeTokenFile)
+	if err != nil {
+		return fmt.Errorf("setting up the CA client: %w", err)
+	}
+	a.signer = &trackedSigner{c: client}
+
+	admin, err := a.serveAdmin(ctx)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+
+	file, err := a.firstWorkloadFile(ctx)
+	if err != nil {
+		return err
+	}
+	a.td = file.TrustDomain
+	a.ids = tlsengine.NewIdentityStore(a.signer, a.td, a.log)
+	defer a.ids.Close()
+	a.engine = tlsengine.NewEngine(tlsengine.Config{
+		TrustDomain: a.td, Bundle: a.ids.Bundle(), Peers: a.peers, Log: a.log,
+		HBONEPort: cfg.HBONEPort,
+	})
+	a.apply(ctx, file, nil)
+
+	// Watch's first reading is the file just applied, unless it changed in between;
+	// applying it again is harmless, announcing it as a change would mislead.
+	first := true
+	go workloadfile.Watch(ctx, cfg.WorkloadFile, cfg.ReloadEvery, func(f *workloadfile.File, problems []error, err error) {
+		if first && err == nil && f.TrustDomain == a.td {
+			first = false
+			a.apply(ctx, f, problems)
+			return
+		}
+		first = false
+		a.onWorkloadFile(ctx, f, problems, err)
+	})
+	a.retryFailed(ctx)
+	a.stopAll()
+	return nil
+}
+
+// retryEvery is how often workloads that could not be enrolled are tried again: a netns
+// that does not exist yet, or a CA that did not answer, usually fixes itself.
+const retryEvery = 5 * time.Second
+
+// retryFailed tries again, until ctx ends, to enroll the workloads whose enrollment failed.
+func (a *Agent) retryFailed(ctx context.Context) {
+	t := time.NewTicker(retryEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		var failed []*workload
+		for _, w := range a.workloads {
+			if w.failure() != nil {
+				failed = append(failed, w)
+			}
+		}
+		a.mu.Unlock()
+		for _, old := range failed {
+			w := a.enroll(ctx, old.spec, old.failure())
+			a.mu.Lock()
+			// The file may have changed meanwhile; only replace what is still the same.
+			if cur, ok := a.workloads[key(old.spec)]; ok && cur == old {
+				a.workloads[key(old.spec)] = w
+				a.mu.Unlock()
+				continue
+			}
+			a.mu.Unlock()
+			w.stop(a.log)
+		}
+	}
+}
+
+// firstWorkloadFile waits until the workload file can be used: the trust domain comes from
+// it, and nothing can be enrolled before.
+func (a *Agent) firstWorkloadFile(ctx context.Context) (*workloadfile.File, error) {
+	var lastErr string
+	for {
+		f, problems, err := workloadfile.Load(a.cfg.WorkloadFile)
+		if err == nil {
+			a.problems = problems
+			return f, nil
+		}
+		a.setFileErr(err)
+		if err.Error() != lastErr {
+			a.errorEvent(err, "workload file unusable").Str(fieldFile, a.cfg.WorkloadFile).
+				Msg("workload file unusable; fix it and the agent picks it up")
+			lastErr = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(a.cfg.ReloadEvery):
+		}
+	}
+}
+
+func (a *Agent) setFileErr(err error) {
+	a.mu.Lock()
+	a.fileErr = err
+	a.mu.Unlock()
+}
+
+func (a *Agent) onWorkloadFile(ctx context.Context, f *workloadfile.File, problems []error, err error) {
+	if err != nil {
+		a.setFileErr(err)
+		a.errorEvent(err, "workload file unusable").Str(fieldFile, a.cfg.WorkloadFile).
+			Msg("workload file unusable; keeping the workloads already enrolled")
+		return
+	}
+	if f.TrustDomain != a.td {
+		err := fmt.Errorf("trust domain changed from %s to %s: restart the agent to change it", a.td, f.TrustDomain)
+		a.setFileErr(err)
+		a.errorEvent(err, "workload file change refused").Str(fieldFile, a.cfg.WorkloadFile).
+			Msg("workload file change refused")
+		return
+	}
+	a.log.Info().Str(fieldFile, a.cfg.WorkloadFile).Msg("workload file changed")
+	a.apply(ctx, f, problems)
+}
+
+// apply makes the enrolled set match the file: workloads that left this node or changed
+// are unenrolled, new ones enrolled, and the table of expected peer identities replaced.
+func (a *Agent) apply(ctx context.Context, f *workloadfile.File, problems []error) {
+	for _, p := range problems {
+		a.errorEvent(p, "workload left out").Str(fieldFile, a.cfg.WorkloadFile).Msg("workload left out")
+	}
+	a.peers.replace(f)
+
+	want := map[string]workloadfile.Workload{}
+	for _, w := range f.Workloads {
+		if w.Node == a.cfg.Node {
+			want[key(w)] = w
+		}
+	}
+
+	a.mu.Lock()
+	a.fileErr = nil
+	if problems != nil {
+		a.problems = problems
+	}
+	var stale []*workload
+	for k, cur := range a.workloads {
+		if w, ok := want[k]; !ok || !sameWorkload(cur.spec, w) {
+			stale = append(stale, cur)
+			delete(a.workloads, k)
+		}
+	}
+	var fresh []workloadfile.Workload
+	for k, w := range want {
+		if _, ok := a.workloads[k]; !ok {
+			fresh = append(fresh, w)
+		}
+	}
+	a.mu.Unlock()
+
+	for _, w := range stale {
+		a.unenroll(w)
+	}
+	for _, spec := range fresh {
+		w := a.enroll(ctx, spec, nil)
+		a.mu.Lock()
+		a.workloads[key(spec)] = w
+		a.mu.Unlock()
+	}
+}
+
+func (a *Agent) stopAll() {
+	a.mu.Lock()
+	all := make([]*workload, 0, len(a.workloads))
+	for _, w := range a.workloads {
+		all = append(all, w)
+	}
+	a.mu.Unlock()
+	for _, w := range all {
+		w.stop(a.log)
+	}
+}
+
+func key(w workloadfile.Workload) string { return w.Namespace + "/" + w.Name }
+
+func sameWorkload(a, b workloadfile.Workload) bool {
+	if a.ServiceAccount != b.ServiceAccount || a.Netns != b.Netns || len(a.IPs) != len(b.IPs) {
+		return false
+	}
+	for i := range a.IPs {
+		if a.IPs[i] != b.IPs[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// trackedSigner remembers whether the CA answered last time, for status and readiness.
+type trackedSigner struct {
+	c *ca.Client
+
+	mu      sync.Mutex
+	lastOK  time.Time
+	lastErr error
+}
+
+func (s *trackedSigner) Sign(ctx context.Context, csr []byte) (chain, bundle []*x509.Certificate, err error) {
+	chain, bundle, err = s.c.Sign(ctx, csr)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.lastErr = err
+	} else {
+		s.lastOK, s.lastErr = time.Now(), nil
+	}
+	return chain, bundle, err
+}
+
+func (s *trackedSigner) state() (time.Time, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastOK, s.lastErr
+}

@@ -1,0 +1,75 @@
+package agent
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// Default ports inside each enrolled pod's network namespace. 15001, 15006 and 15008 are
+// the ports Istio uses for the same jobs, so operators find them where they expect.
+const (
+	DefaultOutboundPort = 15001
+	DefaultInboundPort  = 15006
+	DefaultHBONEPort    = 15008
+	// DefaultMark is the SO_MARK on the agent's own sockets, which the connect hooks
+	// skip. It only has to differ from marks other software on the node uses.
+	DefaultMark = 0x5a11
+)
+
+// Config is everything the agent needs to run on one node.
+type Config struct {
+	Node         string
+	WorkloadFile string
+	// Cgroup is the cgroup v2 directory the connect and sockops hooks attach to.
+	Cgroup string
+	// PinDir is this agent's directory in bpffs.
+	PinDir      string
+	AdminSocket string
+
+	CAAddr        string
+	CARoot        string
+	NodeTokenFile string
+
+	Mark         uint32
+	OutboundPort uint16
+	InboundPort  uint16
+	HBONEPort    uint16
+	Exclude      []netip.Prefix
+
+	// ReloadEvery is how often the workload file is checked for changes.
+	ReloadEvery time.Duration
+	Version     string
+}
+
+func (c *Config) setDefaults() {
+	if c.Mark == 0 {
+		c.Mark = DefaultMark
+	}
+	if c.OutboundPort == 0 {
+		c.OutboundPort = DefaultOutboundPort
+	}
+	if c.InboundPort == 0 {
+		c.InboundPort = DefaultInboundPort
+	}
+	if c.HBONEPort == 0 {
+		c.HBONEPort = DefaultHBONEPort
+	}
+	if c.ReloadEvery == 0 {
+		c.ReloadEvery = 2 * time.Second
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	for _, f := range []struct{ v, flag string }{
+		{c.Node, "--node"}, {c.WorkloadFile, "--workloads"}, {c.Cgroup, "--cgroup"},
+		{c.PinDir, "--bpffs"}, {c.AdminSocket, "--admin-socket"}, {c.CAAddr, "--ca-addr"},
+		{c.CARoot, "--ca-root"}, {c.NodeTokenFile, "--node-token-file"},
+	} {
+		if f.v == "" {
+			errs = append(errs, errors.New(f.flag+" is required"))
+		}
+	}
+	return errors.Join(errs...)
+}

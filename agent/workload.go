@@ -1,0 +1,196 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/veil-mesh/veil/agent/workloadfile"
+	"github.com/veil-mesh/veil/redirect"
+	"github.com/veil-mesh/veil/tlsengine"
+)
+
+// dialTimeout bounds the agent's connects: delivery to an app in the pod, and HBONE to a
+// peer. It matches the order of Linux's default SYN retry budget for a LAN, not a WAN.
+const dialTimeout = 10 * time.Second
+
+// workload is one pod of this node and everything the agent holds for it.
+type workload struct {
+	spec workloadfile.Workload
+	id   spiffeid.ID
+
+	mu        sync.Mutex
+	err       error // why it is not enrolled, if it is not
+	enrolled  time.Time
+	ns        *redirect.Netns
+	listeners []*net.TCPListener
+	enr       *redirect.Enrollment
+}
+
+// enroll sets the workload up. A failure is recorded on the workload and logged with
+// what to do; it never affects other workloads. prev is the error of the last attempt, if
+// this is a retry: the same failure again is logged at debug level only.
+func (a *Agent) enroll(ctx context.Context, spec workloadfile.Workload, prev error) *workload {
+	w := &workload{spec: spec, id: spec.ID(a.td)}
+	log := a.log.With().Str(fieldWorkload, key(spec)).Str(fieldIdentity, w.id.String()).Logger()
+	start := time.Now()
+	if err := a.setUp(ctx, w); err != nil {
+		w.err = err
+		w.stop(log)
+		if prev != nil && prev.Error() == err.Error() {
+			log.Debug().Err(err).Msg("workload still not enrolled")
+			return w
+		}
+		a.errorEvent(err, "workload "+key(spec)+" not enrolled").Str(fieldWorkload, key(spec)).
+			Str(fieldIdentity, w.id.String()).Str(fieldNetns, spec.Netns).Msg("workload not enrolled")
+		return w
+	}
+	w.enrolled = time.Now()
+	log.Info().Str(fieldNetns, spec.Netns).Stringer("took", time.Since(start).Round(time.Millisecond)).
+		Msg("workload enrolled")
+	return w
+}
+
+func (a *Agent) setUp(ctx context.Context, w *workload) error {
+	spec := w.spec
+	if spec.Netns == "" {
+		return errors.New("no netns path in the workload file; add netns: /run/netns/<name>")
+	}
+	ns, err := redirect.OpenNetns(spec.Netns)
+	if err != nil {
+		return fmt.Errorf("%w; check that the pod exists and the workload file's netns path is right", err)
+	}
+	w.ns = ns
+
+	// The identity comes first: without it no connection could be served, and enrolling
+	// would only turn the pod's traffic into failures.
+	ictx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = a.ids.Ensure(ictx, w.id)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("obtaining identity %s: %w", w.id, err)
+	}
+
+	listen := func(addr netip.AddrPort) (*net.TCPListener, error) {
+		ln, err := ns.Listen(addr)
+		if err == nil {
+			w.listeners = append(w.listeners, ln)
+		}
+		return ln, err
+	}
+	out, err := listen(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), a.cfg.OutboundPort))
+	if err != nil {
+		return err
+	}
+	hbone, err := listen(netip.AddrPortFrom(netip.IPv4Unspecified(), a.cfg.HBONEPort))
+	if err != nil {
+		return err
+	}
+	in, err := listen(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), a.cfg.InboundPort))
+	if err != nil {
+		return err
+	}
+
+	tw := &tlsengine.Workload{
+		ID: w.id, IPs: spec.IPs, SVID: a.ids.SVIDSource(w.id),
+		DialApp: a.appDialer(ns, spec.IPs),
+		DialOut: func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+			defer cancel()
+			return ns.Dial(ctx, dst, redirect.DialOptions{Mark: a.cfg.Mark})
+		},
+	}
+	orig := func(c net.Conn) (netip.AddrPort, error) { return a.red.OriginalDstOf(ns, c) }
+	go a.serve(w, "outbound", func() error { return a.engine.ServeOutbound(out, tw, orig) })
+	go a.serve(w, "hbone", func() error { return a.engine.ServeHBONE(hbone, tw) })
+	go a.serve(w, "inbound", func() error { return a.engine.ServeInbound(in, tw) })
+
+	w.enr, err = a.red.Enroll(ns, redirect.Listeners{
+		OutboundPort: a.cfg.OutboundPort, HBONE: hbone, Inbound: in, Addrs: spec.IPs,
+	})
+	return err
+}
+
+// appDialer delivers to the application from the pod's own address, exempted from
+// sk_lookup for the length of the handshake so it is not handed back to the agent.
+func (a *Agent) appDialer(ns *redirect.Netns, ips []netip.Addr) func(context.Context, netip.AddrPort) (net.Conn, error) {
+	return func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+		src := dst.Addr()
+		for _, ip := range ips {
+			if ip.Is4() == dst.Addr().Is4() {
+				src = ip
+				break
+			}
+		}
+		ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+		defer cancel()
+		return ns.Dial(ctx, dst, redirect.DialOptions{
+			Mark:  a.cfg.Mark,
+			Local: netip.AddrPortFrom(src, 0),
+			BeforeConnect: func(local netip.AddrPort) (func(), error) {
+				return a.red.Exempt(local, dst)
+			},
+		})
+	}
+}
+
+func (a *Agent) serve(w *workload, what string, fn func() error) {
+	if err := fn(); err != nil && !errors.Is(err, net.ErrClosed) {
+		a.errorEvent(err, what+" listener of "+key(w.spec)+" stopped").Str(fieldWorkload, key(w.spec)).
+			Str("listener", what).Msg("listener stopped")
+	}
+}
+
+func (a *Agent) unenroll(w *workload) {
+	log := a.log.With().Str(fieldWorkload, key(w.spec)).Str(fieldIdentity, w.id.String()).Logger()
+	w.stop(log)
+	if !a.identityInUse(w.id) {
+		a.ids.Release(w.id)
+	}
+	log.Info().Msg("workload unenrolled")
+}
+
+func (a *Agent) identityInUse(id spiffeid.ID) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, w := range a.workloads {
+		if w.id == id {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *workload) failure() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// stop releases what the workload holds: redirection first, so no new connection is sent
+// to listeners about to close.
+func (w *workload) stop(log zerolog.Logger) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.enr != nil {
+		if err := w.enr.Close(); err != nil {
+			log.Warn().Err(err).Msg("unenrolling")
+		}
+		w.enr = nil
+	}
+	for _, ln := range w.listeners {
+		ln.Close()
+	}
+	w.listeners = nil
+	if w.ns != nil {
+		w.ns.Close()
+		w.ns = nil
+	}
+}
