@@ -1,0 +1,190 @@
+package e2e
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The helper modes run inside pods. Servers print "ready" once listening; every mode
+// prints its result as one line on stdout and exits non-zero on an unexpected error.
+//
+//	sink ADDR            accept one conn, read to EOF, then send back the SHA-256 of what
+//	                     was read (so the reverse direction must survive a half-close)
+//	source ADDR N SEED   accept one conn and send N pseudo-random bytes at once, before
+//	                     reading anything (a server that speaks first), then close
+//	reset ADDR           accept one conn, send "x", then reset it
+//	send ADDR N SEED     connect, send N bytes, half-close, print the hash sent and the
+//	                     reply (the sink's hash of what it got)
+//	recv ADDR            connect, read to EOF, print the hash of what arrived
+//	sendtext ADDR T N    connect, send text T N times, half-close, print the reply
+//	hold ADDR            connect, send "hi", print "connected", wait for stdin to close
+//	read-one ADDR        connect, read until error, print "eof" or "reset" and the bytes
+const helperEnv = "VEIL_E2E_HELPER"
+
+func runHelper(args []string) {
+	if err := helper(args); err != nil {
+		fmt.Fprintln(os.Stderr, "helper:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func helper(args []string) error {
+	if len(args) < 2 {
+		return errors.New("usage: MODE ADDR [ARGS]")
+	}
+	mode, addr := args[0], args[1]
+	switch mode {
+	case "sink", "source", "reset":
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		fmt.Println("ready")
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		switch mode {
+		case "sink":
+			h := sha256.New()
+			if _, err := io.Copy(h, c); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(c, "%s\n", hex.EncodeToString(h.Sum(nil)))
+			return err
+		case "source":
+			n, seed := atoi(args[2]), atoi(args[3])
+			_, err := io.Copy(c, stream(n, seed))
+			return err
+		default:
+			c.Write([]byte("x"))
+			c.(*net.TCPConn).SetLinger(0)
+			return nil
+		}
+	case "send":
+		c, err := dial(addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		n, seed := atoi(args[2]), atoi(args[3])
+		h := sha256.New()
+		if _, err := io.Copy(io.MultiWriter(c, h), stream(n, seed)); err != nil {
+			return err
+		}
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			return err
+		}
+		reply, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("reading the reply after half-close: %w", err)
+		}
+		fmt.Printf("sent=%s reply=%s", hex.EncodeToString(h.Sum(nil)), reply)
+		return nil
+	case "sendtext":
+		c, err := dial(addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(strings.Repeat(args[2]+"\n", atoi(args[3])))); err != nil {
+			return err
+		}
+		c.(*net.TCPConn).CloseWrite()
+		reply, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("reading the reply: %w", err)
+		}
+		fmt.Print(reply)
+		return nil
+	case "hold":
+		c, err := dial(addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("hi")); err != nil {
+			return err
+		}
+		fmt.Println("connected")
+		io.Copy(io.Discard, os.Stdin)
+		return nil
+	case "recv":
+		c, err := dial(addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, c); err != nil {
+			return err
+		}
+		fmt.Println(hex.EncodeToString(h.Sum(nil)))
+		return nil
+	case "read-one":
+		c, err := dial(addr)
+		if err != nil {
+			fmt.Println("dial-error", err)
+			return nil
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		b, err := io.ReadAll(c)
+		switch {
+		case err == nil:
+			fmt.Printf("eof %q\n", b)
+		case errors.Is(err, syscall.ECONNRESET):
+			fmt.Printf("reset %q\n", b)
+		default:
+			fmt.Printf("error %q %v\n", b, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown mode %q", mode)
+}
+
+func dial(addr string) (net.Conn, error) {
+	return net.DialTimeout("tcp", addr, 20*time.Second)
+}
+
+// stream is n deterministic pseudo-random bytes, so both ends can know the hash.
+func stream(n, seed int) io.Reader {
+	r := rand.New(rand.NewPCG(uint64(seed), 0))
+	return io.LimitReader(readerFunc(func(p []byte) (int, error) {
+		for i := range p {
+			p[i] = byte(r.Uint32())
+		}
+		return len(p), nil
+	}), int64(n))
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+func streamHash(n, seed int) string {
+	h := sha256.New()
+	io.Copy(h, stream(n, seed))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func atoi(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		panic(err)
+	}
+	return n
+}
