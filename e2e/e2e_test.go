@@ -71,6 +71,18 @@ func TestCrossNodeIntegrityHalfCloseAndServerFirst(t *testing.T) {
 		t.Fatalf("server-first stream arrived with hash %s, want %s", got, streamHash(transferSize, 2))
 	}
 
+	seen := false
+	for _, p := range c.status(t, "node2").Traffic.Peers {
+		if p.Workload.String() == serverIdentity && p.Peer.String() == clientIdentity &&
+			p.Direction.String() == "inbound" && p.Connections >= 2 {
+			seen = true
+		}
+	}
+	if !seen {
+		t.Errorf("node2 does not report inbound connections from %s to %s: %+v",
+			clientIdentity, serverIdentity, c.status(t, "node2").Traffic.Peers)
+	}
+
 	after := c.status(t, "node1").Traffic
 	if sent := after.BytesSent - before.BytesSent; sent < transferSize {
 		t.Errorf("node1 agent counted %d bytes sent, want at least %d", sent, transferSize)

@@ -30,6 +30,8 @@ import (
 //	sendtext ADDR T N    connect, send text T N times, half-close, print the reply
 //	hold ADDR            connect, send "hi", print "connected", wait for stdin to close
 //	read-one ADDR        connect, read until error, print "eof" or "reset" and the bytes
+//	garbage ADDR         connect, send bytes that are not TLS, print "closed" once the
+//	                     other side has closed the connection
 const helperEnv = "VEIL_E2E_HELPER"
 
 func runHelper(args []string) {
@@ -133,6 +135,19 @@ func helper(args []string) error {
 			return err
 		}
 		fmt.Println(hex.EncodeToString(h.Sum(nil)))
+		return nil
+	case "garbage":
+		c, err := dial(addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.Write([]byte("GET / HTTP/1.1\r\n\r\n\x16\x03\x01\x00\x05garbage"))
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			return fmt.Errorf("waiting for the server to close: %w", err)
+		}
+		fmt.Println("closed")
 		return nil
 	case "read-one":
 		c, err := dial(addr)

@@ -65,6 +65,23 @@ func (c *Counters) add(o Counters) {
 type Stats struct {
 	Counters
 	ByDirection map[Direction]Counters `json:"byDirection"`
+	// Peers counts connections per local workload and verified peer identity: who
+	// talked to whom over mTLS. Its size is bounded by identities, not connections.
+	Peers []PeerCount `json:"peers"`
+}
+
+// PeerCount is the number of connections opened between a local workload and a peer
+// whose identity its certificate proved.
+type PeerCount struct {
+	Workload    spiffeid.ID `json:"workload"`
+	Peer        spiffeid.ID `json:"peer"`
+	Direction   Direction   `json:"direction"`
+	Connections uint64      `json:"connections"`
+}
+
+type peerKey struct {
+	workload, peer spiffeid.ID
+	dir            Direction
 }
 
 // ConnInfo describes one live connection. Local is the workload side (the app's source
@@ -103,6 +120,16 @@ func (e *Engine) Stats() Stats {
 		s.ByDirection[d] = c
 		s.add(c)
 	}
+
+	e.conns.mu.Lock()
+	for k, n := range e.conns.peers {
+		s.Peers = append(s.Peers, PeerCount{Workload: k.workload, Peer: k.peer, Direction: k.dir, Connections: n})
+	}
+	e.conns.mu.Unlock()
+	slices.SortFunc(s.Peers, func(a, b PeerCount) int {
+		return cmp.Or(cmp.Compare(a.Workload.String(), b.Workload.String()),
+			cmp.Compare(a.Peer.String(), b.Peer.String()), cmp.Compare(a.Direction, b.Direction))
+	})
 	return s
 }
 
@@ -114,9 +141,13 @@ type connTable struct {
 	mu    sync.Mutex
 	next  uint64
 	conns map[uint64]*tracked
+	peers map[peerKey]uint64
 }
 
-func (t *connTable) init() { t.conns = make(map[uint64]*tracked) }
+func (t *connTable) init() {
+	t.conns = make(map[uint64]*tracked)
+	t.peers = make(map[peerKey]uint64)
+}
 
 // tracked is one live connection: its description, its byte counters and the counters
 // of its direction, which it updates as bytes move so Stats is current mid-transfer.
@@ -139,6 +170,9 @@ func (e *Engine) track(info ConnInfo, log zerolog.Logger) *tracked {
 	e.conns.next++
 	t.id = e.conns.next
 	e.conns.conns[t.id] = t
+	if !info.Peer.IsZero() {
+		e.conns.peers[peerKey{info.Workload, info.Peer, info.Direction}]++
+	}
 	e.conns.mu.Unlock()
 
 	log.Debug().Stringer(logKeyPeer, info.Peer).Msg("connection opened")

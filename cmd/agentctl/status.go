@@ -97,6 +97,16 @@ func printStatus(out io.Writer, s agent.Status) error {
 	}
 	w.Flush()
 
+	if len(t.Peers) > 0 {
+		fmt.Fprintln(out, "\nPeers (verified identities, connections since start):")
+		w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "  WORKLOAD\tDIRECTION\tPEER\tCONNECTIONS")
+		for _, p := range t.Peers {
+			fmt.Fprintf(w, "  %s\t%s\t%s\t%d\n", p.Workload, p.Direction, p.Peer, p.Connections)
+		}
+		w.Flush()
+	}
+
 	if s.WorkloadFile.Error != "" || len(s.WorkloadFile.Problems) > 0 {
 		fmt.Fprintf(out, "\nWorkload file %s:\n", s.WorkloadFile.Path)
 		if s.WorkloadFile.Error != "" {
