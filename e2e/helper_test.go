@@ -30,6 +30,8 @@ import (
 //	sendtext ADDR T N    connect, send text T N times, half-close, print the reply
 //	hold ADDR            connect, send "hi", print "connected", wait for stdin to close
 //	read-one ADDR        connect, read until error, print "eof" or "reset" and the bytes
+//	udp-echo ADDR        answer one UDP datagram with the same bytes, then exit
+//	udp-ping ADDR T      send T in a UDP datagram, print the answer
 //	garbage ADDR         connect, send bytes that are not TLS, print "closed" once the
 //	                     other side has closed the connection
 const helperEnv = "VEIL_E2E_HELPER"
@@ -135,6 +137,37 @@ func helper(args []string) error {
 			return err
 		}
 		fmt.Println(hex.EncodeToString(h.Sum(nil)))
+		return nil
+	case "udp-echo":
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return err
+		}
+		defer pc.Close()
+		fmt.Println("ready")
+		buf := make([]byte, 2048)
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		_, err = pc.WriteTo(buf[:n], from)
+		return err
+	case "udp-ping":
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte(args[2])); err != nil {
+			return err
+		}
+		buf := make([]byte, 2048)
+		n, err := c.Read(buf)
+		if err != nil {
+			return err
+		}
+		fmt.Println(string(buf[:n]))
 		return nil
 	case "garbage":
 		c, err := dial(addr)
