@@ -38,7 +38,8 @@
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 // Set by the agent at load time.
-volatile const __u32 agent_mark = 0;   // SO_MARK on the agent's own sockets
+volatile const __u32 agent_mark = 0;    // SO_MARK on the agent's own sockets
+volatile const __u32 delivery_mark = 0; // SO_MARK on its deliveries to an app in a pod
 volatile const __u16 hbone_port = 15008; // host byte order
 
 enum listener_kind {
@@ -171,7 +172,8 @@ static __always_inline struct netns_cfg *should_redirect(struct bpf_sock_addr *c
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return NULL;
 	sk = ctx->sk;
-	if (!sk || sk->mark == agent_mark)
+	// A mark of 0 is every unmarked socket: never skip on it, even if a mark is unset.
+	if (!sk || (sk->mark && (sk->mark == agent_mark || sk->mark == delivery_mark)))
 		return NULL;
 	cookie = bpf_get_netns_cookie(ctx);
 	return bpf_map_lookup_elem(&enrolled, &cookie);

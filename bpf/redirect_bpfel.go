@@ -78,6 +78,7 @@ const (
 	RedirectProgVeilSkLookup = "veil_sk_lookup"
 	RedirectProgVeilSockops  = "veil_sockops"
 	RedirectVarAgentMark     = "agent_mark"
+	RedirectVarDeliveryMark  = "delivery_mark"
 	RedirectVarHbonePort     = "hbone_port"
 )
 
@@ -146,8 +147,9 @@ type RedirectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RedirectVariableSpecs struct {
-	AgentMark *ebpf.VariableSpec `ebpf:"agent_mark"`
-	HbonePort *ebpf.VariableSpec `ebpf:"hbone_port"`
+	AgentMark    *ebpf.VariableSpec `ebpf:"agent_mark"`
+	DeliveryMark *ebpf.VariableSpec `ebpf:"delivery_mark"`
+	HbonePort    *ebpf.VariableSpec `ebpf:"hbone_port"`
 }
 
 // RedirectObjects contains all objects after they have been loaded into the kernel.
@@ -195,8 +197,9 @@ func (m *RedirectMaps) Close() error {
 //
 // It can be passed to LoadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RedirectVariables struct {
-	AgentMark *ebpf.Variable `ebpf:"agent_mark"`
-	HbonePort *ebpf.Variable `ebpf:"hbone_port"`
+	AgentMark    *ebpf.Variable `ebpf:"agent_mark"`
+	DeliveryMark *ebpf.Variable `ebpf:"delivery_mark"`
+	HbonePort    *ebpf.Variable `ebpf:"hbone_port"`
 }
 
 // RedirectPrograms contains all programs after they have been loaded into the kernel.

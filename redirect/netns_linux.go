@@ -63,7 +63,8 @@ func (n *Netns) Close() error {
 }
 
 // Do runs fn with the calling goroutine's OS thread inside the namespace. fn must only
-// create sockets: it must not block or start goroutines, which would run elsewhere.
+// make quick system calls (create sockets, netlink requests, sysctls): it must not wait
+// on the network or start goroutines, which would run elsewhere.
 func (n *Netns) Do(fn func() error) error {
 	runtime.LockOSThread()
 	orig, err := netns.Get()
@@ -122,6 +123,9 @@ type DialOptions struct {
 	Mark uint32
 	// Local, when valid, is bound before connecting (port 0 picks one).
 	Local netip.AddrPort
+	// Transparent allows Local to be an address the namespace does not own, so that the
+	// application sees the real client's address. See PrepareNetns for the way back.
+	Transparent bool
 	// BeforeConnect runs after bind with the local address, just before connect. The
 	// returned function runs once the connect has finished, successfully or not.
 	BeforeConnect func(local netip.AddrPort) (after func(), err error)
@@ -143,6 +147,15 @@ func (n *Netns) Dial(ctx context.Context, dst netip.AddrPort, opts DialOptions) 
 	if opts.Mark != 0 {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(opts.Mark)); err != nil {
 			return nil, fmt.Errorf("setting SO_MARK: %w", err)
+		}
+	}
+	if opts.Transparent {
+		level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+		if family == unix.AF_INET6 {
+			level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+		}
+		if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+			return nil, fmt.Errorf("setting IP_TRANSPARENT: %w", err)
 		}
 	}
 	if opts.Local.IsValid() {

@@ -254,3 +254,48 @@ func TestReloadReplacesPinnedLinks(t *testing.T) {
 }
 
 func itoa(i int) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i)).String()[8:] }
+
+// The agent delivers from the client's address, and the application's replies come back
+// to the agent through the delivery route instead of leaving the pod.
+func TestTransparentDeliveryShowsClientAddress(t *testing.T) {
+	f := newFixture(t)
+	const deliveryMark = testMark + 1
+	if err := redirect.PrepareNetns(f.podNS, deliveryMark); err != nil {
+		t.Fatal(err)
+	}
+	if err := redirect.PrepareNetns(f.podNS, deliveryMark); err != nil {
+		t.Fatalf("second PrepareNetns: %v", err)
+	}
+	app := f.listen(t, "0.0.0.0:8080")
+	client := netip.MustParseAddr("10.77.0.5") // not an address of the pod or its node
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	dst := netip.AddrPortFrom(podIP, 8080)
+	c, err := f.podNS.Dial(ctx, dst, redirect.DialOptions{
+		Mark: deliveryMark, Transparent: true, Local: netip.AddrPortFrom(client, 0),
+		BeforeConnect: func(local netip.AddrPort) (func(), error) { return f.r.Exempt(local, dst) },
+	})
+	if err != nil {
+		t.Fatalf("transparent delivery: %v", err)
+	}
+	defer c.Close()
+	a, err := accept(t, app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if got := addrOf(a.RemoteAddr()); got != client {
+		t.Fatalf("application sees the client as %s, want %s", got, client)
+	}
+	a.Write([]byte("pong"))
+	buf := make([]byte, 4)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "pong" {
+		t.Fatalf("reply did not come back to the agent: %q %v", buf, err)
+	}
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	return netip.MustParseAddrPort(a.String()).Addr().Unmap()
+}

@@ -23,6 +23,9 @@ type Config struct {
 	PinDir string
 	// Mark is the SO_MARK the agent puts on its own sockets; the connect hooks skip them.
 	Mark uint32
+	// DeliveryMark marks the agent's connections to an application inside a pod, made
+	// from the client's address (see PrepareNetns). The connect hooks skip them too.
+	DeliveryMark uint32
 	// HBONEPort is where sk_lookup sends inbound mTLS; every other port goes to the
 	// plaintext inbound listener.
 	HBONEPort uint16
@@ -65,6 +68,9 @@ func Load(cfg Config) (*Redirector, error) {
 	}
 	if err := spec.Variables[bpf.RedirectVarAgentMark].Set(cfg.Mark); err != nil {
 		return nil, fmt.Errorf("setting agent_mark: %w", err)
+	}
+	if err := spec.Variables[bpf.RedirectVarDeliveryMark].Set(cfg.DeliveryMark); err != nil {
+		return nil, fmt.Errorf("setting delivery_mark: %w", err)
 	}
 	if err := spec.Variables[bpf.RedirectVarHbonePort].Set(cfg.HBONEPort); err != nil {
 		return nil, fmt.Errorf("setting hbone_port: %w", err)
