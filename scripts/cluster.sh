@@ -14,8 +14,10 @@
 #             several clusters (one per test) can exist side by side
 #   STATE     state directory (default /run/veil/$PREFIX)
 #   BIN       directory holding veil-agent, veil-ca and agentctl (default <repo>/bin)
-#   TOPOLOGY  pod list, lines "<pod> <node> <namespace> <serviceaccount>"
-#             (default <repo>/scripts/demo-topology)
+#   TOPOLOGY  pod list, lines "<pod> <node> <namespace> <serviceaccount> [nomesh]"
+#             (default <repo>/scripts/demo-topology). A "nomesh" pod is built like
+#             any other (netns, veth, IP, cgroup) but left out of workloads.yaml, so
+#             no agent enrolls it: its traffic is plain pod-to-pod, a baseline.
 #   NOAGENT=1 build only the network, cgroups and state files; start no CA or agents
 #   TRUST_DOMAIN (cluster.local), CERT_TTL (24h), LOG_LEVEL (info),
 #   LOG_FORMAT (json or console; default: the agent's own, json when not on a terminal),
@@ -96,9 +98,10 @@ cgroup_root() {
 
 # --- topology -----------------------------------------------------------------
 
-# POD_NAMES keeps file order; POD_NODE, POD_NS, POD_SA and POD_IP are keyed by pod.
+# POD_NAMES keeps file order; POD_NODE, POD_NS, POD_SA, POD_IP and POD_MESH (1 if
+# the agents enroll the pod, 0 for a "nomesh" pod) are keyed by pod.
 POD_NAMES=()
-declare -A POD_NODE=() POD_NS=() POD_SA=() POD_IP=()
+declare -A POD_NODE=() POD_NS=() POD_SA=() POD_IP=() POD_MESH=()
 
 is_node() {
 	local n
@@ -108,7 +111,8 @@ is_node() {
 
 # load_topology reads the pod list: from $STATE/pods once up has written it (so
 # that down and exec agree with the running cluster even if TOPOLOGY changed),
-# otherwise from $TOPOLOGY.
+# otherwise from $TOPOLOGY. $STATE/pods has the IP in the 5th column and the
+# optional "nomesh" in the 6th; a state file from before "nomesh" has no 6th.
 load_topology() {
 	local file=$TOPOLOGY from_state=0
 	if [[ -f $STATE/pods ]]; then
@@ -117,18 +121,23 @@ load_topology() {
 	fi
 	[[ -r $file ]] || die "topology file $file not readable"
 	POD_NAMES=()
-	POD_NODE=() POD_NS=() POD_SA=() POD_IP=()
+	POD_NODE=() POD_NS=() POD_SA=() POD_IP=() POD_MESH=()
 
 	local -A count=()
-	local n=0 line pod node ns sa extra
+	local n=0 line pod node ns sa mode extra ip
+	local want="want '<pod> <node> <namespace> <serviceaccount> [nomesh]'"
 	while IFS= read -r line || [[ -n $line ]]; do
 		n=$((n + 1))
 		line=${line%%#*}
-		read -r pod node ns sa extra <<<"$line" || true
+		if ((from_state)); then
+			read -r pod node ns sa ip mode extra <<<"$line" || true
+		else
+			read -r pod node ns sa mode extra <<<"$line" || true
+		fi
 		[[ -z ${pod:-} ]] && continue
-		[[ -n ${sa:-} ]] || die "$file:$n: want '<pod> <node> <namespace> <serviceaccount>'"
-		((from_state)) || [[ -z ${extra:-} ]] ||
-			die "$file:$n: want '<pod> <node> <namespace> <serviceaccount>'"
+		[[ -n ${sa:-} && -z ${extra:-} ]] || die "$file:$n: $want"
+		[[ -z ${mode:-} || $mode == nomesh ]] ||
+			die "$file:$n: pod '$pod': unknown option '$mode' (the only one is 'nomesh')"
 
 		[[ $pod =~ ^[a-z0-9]([a-z0-9-]{0,11}[a-z0-9])?$ ]] ||
 			die "$file:$n: pod '$pod': use at most 13 characters of [a-z0-9-] (veth 'v-<pod>' must fit in 15)"
@@ -146,16 +155,24 @@ load_topology() {
 		POD_NODE[$pod]=$node
 		POD_NS[$pod]=$ns
 		POD_SA[$pod]=$sa
+		POD_MESH[$pod]=1
+		[[ ${mode:-} != nomesh ]] || POD_MESH[$pod]=0
 		POD_IP[$pod]=10.244.$(node_num "$node").$((10 + count[$node]))
 	done <"$file"
 }
 
-pods_on() {
+# mesh_pods_on prints the pods on node $1 that its agent enrolls.
+mesh_pods_on() {
 	local pod
 	for pod in "${POD_NAMES[@]}"; do
-		[[ ${POD_NODE[$pod]} == "$1" ]] && printf '%s\n' "$pod"
+		[[ ${POD_NODE[$pod]} == "$1" && ${POD_MESH[$pod]} == 1 ]] && printf '%s\n' "$pod"
 	done
 	return 0
+}
+
+# mesh_note prints "(no mesh)" for a pod no agent enrolls, nothing otherwise.
+mesh_note() {
+	[[ ${POD_MESH[$1]} == 1 ]] || printf '(no mesh)'
 }
 
 # --- processes ------------------------------------------------------------------
@@ -300,11 +317,14 @@ cmd_up() {
 	print_pods
 }
 
+# write_pods_file records the pods as "<pod> <node> <namespace> <sa> <ip> [nomesh]".
 write_pods_file() {
-	local pod
+	local pod mode
 	for pod in "${POD_NAMES[@]}"; do
-		printf '%s %s %s %s %s\n' "$pod" "${POD_NODE[$pod]}" "${POD_NS[$pod]}" \
-			"${POD_SA[$pod]}" "${POD_IP[$pod]}"
+		mode=
+		((POD_MESH[$pod])) || mode=' nomesh'
+		printf '%s %s %s %s %s%s\n' "$pod" "${POD_NODE[$pod]}" "${POD_NS[$pod]}" \
+			"${POD_SA[$pod]}" "${POD_IP[$pod]}" "$mode"
 	done >"$STATE/pods"
 }
 
@@ -388,6 +408,9 @@ make_cgroups() {
 	done
 }
 
+# write_workloads lists the mesh pods only: a "nomesh" pod is absent, so neither the
+# CA nor an agent knows it, and its netns is never enrolled. The connect hooks on the
+# node's cgroup still run for its sockets but leave a netns they do not know alone.
 write_workloads() {
 	local pod
 	step "writing $STATE/workloads.yaml"
@@ -396,6 +419,7 @@ write_workloads() {
 		printf 'trustDomain: %s\n' "$TRUST_DOMAIN"
 		printf 'workloads:\n'
 		for pod in "${POD_NAMES[@]}"; do
+			((POD_MESH[$pod])) || continue
 			printf '  - name: %s\n' "$pod"
 			printf '    namespace: %s\n' "${POD_NS[$pod]}"
 			printf '    serviceAccount: %s\n' "${POD_SA[$pod]}"
@@ -498,7 +522,7 @@ start_agent() {
 
 wait_agent() {
 	local node=$1 want
-	want=$(pods_on "$node" | sort | paste -sd' ')
+	want=$(mesh_pods_on "$node" | sort | paste -sd' ')
 	step "waiting for $node's agent to enrol: ${want:-no pods} (up to ${AGENT_TIMEOUT}s)"
 	wait_for "$node's agent" "$AGENT_TIMEOUT" agent_ready "$node" "$want" || {
 		show_log_tail "$STATE/$node/agent.log"
@@ -541,9 +565,9 @@ print_pods() {
 	local pod
 	printf '%-14s %-6s %-12s %-16s %s\n' POD NODE IP NAMESPACE SERVICEACCOUNT
 	for pod in "${POD_NAMES[@]}"; do
-		printf '%-14s %-6s %-12s %-16s %s\n' "$pod" "${POD_NODE[$pod]}" "${POD_IP[$pod]}" \
-			"${POD_NS[$pod]}" "${POD_SA[$pod]}"
-	done
+		printf '%-14s %-6s %-12s %-16s %-16s %s\n' "$pod" "${POD_NODE[$pod]}" "${POD_IP[$pod]}" \
+			"${POD_NS[$pod]}" "${POD_SA[$pod]}" "$(mesh_note "$pod")"
+	done | sed 's/ *$//'
 }
 
 # --- down ---------------------------------------------------------------------
@@ -716,10 +740,11 @@ cmd_status() {
 
 	printf '\n%-14s %-6s %-12s %-16s %-16s %s\n' POD NODE IP NAMESPACE SERVICEACCOUNT PROCS
 	for pod in "${POD_NAMES[@]}"; do
-		printf '%-14s %-6s %-12s %-16s %-16s %s\n' "$pod" "${POD_NODE[$pod]}" \
+		printf '%-14s %-6s %-12s %-16s %-16s %-5s %s\n' "$pod" "${POD_NODE[$pod]}" \
 			"${POD_IP[$pod]}" "${POD_NS[$pod]}" "${POD_SA[$pod]}" \
-			"$(wc -l <"$cg2/$PREFIX/${POD_NODE[$pod]}/$pod/cgroup.procs" 2>/dev/null || echo -)"
-	done
+			"$(wc -l <"$cg2/$PREFIX/${POD_NODE[$pod]}/$pod/cgroup.procs" 2>/dev/null || echo -)" \
+			"$(mesh_note "$pod")"
+	done | sed 's/ *$//'
 
 	for node in "${NODES[@]}"; do
 		recorded_pid "$STATE/$node/agent.pid" >/dev/null || continue
