@@ -1,8 +1,6 @@
 package tlsengine
 
 import (
-	"io"
-	"log"
 	"net/http"
 
 	"golang.org/x/net/http2"
@@ -48,19 +46,4 @@ func newH2Transport() *http2.Transport {
 	t2.MaxReadFrameSize = h2MaxFrameSize
 	t2.DisableCompression = true
 	return t2
-}
-
-func newH2Server() *http2.Server {
-	return &http2.Server{
-		MaxReadFrameSize:             h2MaxFrameSize,
-		MaxUploadBufferPerStream:     h2StreamWindow,
-		MaxUploadBufferPerConnection: h2ConnWindow,
-	}
-}
-
-// h1Base is the net/http server whose settings ServeConn reads. Its error log is
-// dropped: the HTTP/2 server logs protocol chatter there that the engine reports
-// through its own counters and logger instead.
-func h1Base() *http.Server {
-	return &http.Server{ErrorLog: log.New(io.Discard, "", 0)}
 }

@@ -9,25 +9,25 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"sync/atomic"
+	"strconv"
 	"syscall"
 
 	"github.com/rs/zerolog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // ServeHBONE serves HBONE for w on ln (its :15008) until ln is closed: mTLS with w's
 // SVID, then one CONNECT stream per tunnelled connection, each delivered to w's app.
 func (e *Engine) ServeHBONE(ln net.Listener, w *Workload) error {
 	cfg := e.serverTLS(w)
-	base := h1Base()
-	return e.serve(ln, func(c net.Conn) { e.serveHBONEConn(c, w, cfg, base) })
+	return e.serve(ln, func(c net.Conn) { e.serveHBONEConn(c, w, cfg) })
 }
 
-// serveHBONEConn runs one HBONE connection until the client closes it.
-func (e *Engine) serveHBONEConn(raw net.Conn, w *Workload, cfg *tls.Config,
-	base *http.Server) {
+// serveHBONEConn runs one HBONE connection until the client closes it. A connection that
+// breaks the protocol, or asks for nothing within the dial timeout, counts as failed.
+func (e *Engine) serveHBONEConn(raw net.Conn, w *Workload, cfg *tls.Config) {
 	defer raw.Close()
 	remote := addrPortOf(raw.RemoteAddr())
 
@@ -49,69 +49,116 @@ func (e *Engine) serveHBONEConn(raw net.Conn, w *Workload, cfg *tls.Config,
 		return
 	}
 
-	h := &hboneHandler{e: e, w: w, peer: peer, remote: remote}
-	e.h2server.ServeConn(tc, &http2.ServeConnOpts{Handler: h, BaseConfig: base})
+	err = e.serveH2(tc, w, peer, remote)
+	var he h2Error
+	if errors.As(err, &he) || errors.Is(err, errNoRequest) {
+		e.failed(Inbound)
+		e.rejectLog.Info().Stringer(logKeyWorkload, w.ID).Stringer(logKeyPeerAddr, remote).
+			Stringer(logKeyPeer, peer).Err(err).Msg("HBONE connection failed")
+	}
 }
 
-// hboneHandler serves the CONNECT streams of one HBONE connection.
-type hboneHandler struct {
-	e      *Engine
-	w      *Workload
-	peer   spiffeid.ID
-	remote netip.AddrPort
+// connectRequest is what a stream's HEADERS asked for.
+type connectRequest struct {
+	method, authority, scheme, path, protocol string
+	forwarded                                 string
 }
 
-func (h *hboneHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
-	dst, status, err := h.target(r)
-	log := h.e.connLog(h.w, Inbound, h.remote, dst).With().
-		Stringer(logKeyPeer, h.peer).Str(logKeyForwarded, r.Header.Get("Forwarded")).Logger()
+func connectRequestOf(f *http2.MetaHeadersFrame) connectRequest {
+	r := connectRequest{
+		method:    f.PseudoValue("method"),
+		authority: f.PseudoValue("authority"),
+		scheme:    f.PseudoValue("scheme"),
+		path:      f.PseudoValue("path"),
+		protocol:  f.PseudoValue("protocol"),
+	}
+	for _, hf := range f.RegularFields() {
+		if hf.Name == "forwarded" {
+			r.forwarded = hf.Value
+		}
+	}
+	return r
+}
+
+// malformed reports whether r breaks HTTP/2's rules for a request, which are answered
+// with a stream reset rather than a status (RFC 9113, sections 8.3.1 and 8.5). Extended
+// CONNECT (a :protocol) is malformed too: we never offer it.
+func (r connectRequest) malformed() bool {
+	if r.method != http.MethodConnect {
+		return r.method == ""
+	}
+	return r.authority == "" || r.scheme != "" || r.path != "" || r.protocol != ""
+}
+
+// serveStream answers one CONNECT stream: it checks the request, dials the app and
+// relays until both directions are done.
+func (sc *h2Conn) serveStream(st *h2Stream, req connectRequest) {
+	dst, status, err := sc.target(req)
+	log := sc.e.connLog(sc.w, Inbound, sc.remote, dst).With().
+		Stringer(logKeyPeer, sc.peer).Str(logKeyForwarded, req.forwarded).Logger()
+	if req.malformed() {
+		sc.e.failed(Inbound)
+		log.Debug().Str(logKeyDst, req.authority).Msg("malformed request reset")
+		st.reset(http2.ErrCodeProtocol)
+		return
+	}
 	if err != nil {
-		h.refuse(rw, log.With().Str(logKeyDst, r.Host).Logger(), status, err)
+		sc.refuse(st, log.With().Str(logKeyDst, req.authority).Logger(), status, err)
 		return
 	}
 
-	ctx, cancel := context.WithTimeout(r.Context(), h.e.dialTimeout)
-	app, err := h.w.DialApp(ctx, dst)
+	ctx, cancel := context.WithTimeout(st.ctx, sc.e.dialTimeout)
+	app, err := sc.w.DialApp(ctx, dst)
 	cancel()
 	if err != nil {
-		h.refuse(rw, log, dialFailureStatus(err), fmt.Errorf("dialing app: %w", err))
+		sc.refuse(st, log, dialFailureStatus(err), fmt.Errorf("dialing app: %w", err))
 		return
 	}
 
-	t := h.e.track(ConnInfo{
-		Workload: h.w.ID, Direction: Inbound, Local: dst, Remote: h.remote, Peer: h.peer,
+	t := sc.e.track(ConnInfo{
+		Workload: sc.w.ID, Direction: Inbound, Local: dst, Remote: sc.remote, Peer: sc.peer,
 	}, log)
-	outcome, abort := relayStream(rw, r, app, t)
-	t.done(outcome)
-	if abort {
-		// x/net/http2 answers this panic with RST_STREAM, which is how the client learns
-		// that the app reset rather than finished.
-		panic(http.ErrAbortHandler)
-	}
+	t.done(relayStream(st, app, t))
 }
 
 // target checks a request and returns the workload address it asks for, or the status
 // to refuse it with.
-func (h *hboneHandler) target(r *http.Request) (netip.AddrPort, int, error) {
-	if r.Method != http.MethodConnect {
+func (sc *h2Conn) target(r connectRequest) (netip.AddrPort, int, error) {
+	if r.method != http.MethodConnect {
 		return netip.AddrPort{}, http.StatusMethodNotAllowed, ErrNotConnect
 	}
-	dst, err := netip.ParseAddrPort(r.Host)
+	dst, err := netip.ParseAddrPort(r.authority)
 	if err != nil || dst.Port() == 0 {
-		return netip.AddrPort{}, http.StatusBadRequest, fmt.Errorf("%w: %q", ErrBadAuthority, r.Host)
+		return netip.AddrPort{}, http.StatusBadRequest,
+			fmt.Errorf("%w: %q", ErrBadAuthority, r.authority)
 	}
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-	if !h.w.isLocal(dst.Addr()) {
+	if !sc.w.isLocal(dst.Addr()) {
 		return netip.AddrPort{}, http.StatusBadRequest, fmt.Errorf("%w: %s", ErrNotLocal, dst)
 	}
 	return dst, 0, nil
 }
 
-func (h *hboneHandler) refuse(rw http.ResponseWriter, log zerolog.Logger, status int,
-	err error) {
-	h.e.failed(Inbound)
+// refuse answers a stream with status and err as a plain-text body, as net/http's Error
+// does, then resets whatever the client still sends (RFC 9113, section 8.1 allows
+// RST_STREAM(NO_ERROR) after a complete response).
+func (sc *h2Conn) refuse(st *h2Stream, log zerolog.Logger, status int, err error) {
+	sc.e.failed(Inbound)
 	log.Debug().Int(logKeyStatus, status).Err(err).Msg("CONNECT refused")
-	http.Error(rw, err.Error(), status)
+
+	body := []byte(err.Error() + "\n")
+	werr := st.writeHeaders(status, []hpack.HeaderField{
+		{Name: "content-type", Value: "text/plain; charset=utf-8"},
+		{Name: "x-content-type-options", Value: "nosniff"},
+		{Name: "content-length", Value: strconv.Itoa(len(body))},
+	})
+	if werr == nil {
+		_, werr = st.Write(body)
+	}
+	if werr == nil {
+		_ = st.closeSend()
+	}
+	st.reset(http2.ErrCodeNo)
 }
 
 // dialFailureStatus maps a failed dial to the app onto the answer the client gets:
@@ -126,66 +173,54 @@ func dialFailureStatus(err error) int {
 	return http.StatusBadGateway
 }
 
-// relayStream answers 200 and moves bytes between a CONNECT stream and app until the
-// app is done sending. It reports whether the stream must be reset because the app
-// reset its connection.
+// relayStream answers 200 and moves bytes between a CONNECT stream and app until both
+// directions are done, and returns how it ended.
 //
-// The handler's return is the only way x/net/http2 ends a response, and it then stops
-// reading the request too (RFC 9113, section 8.1 lets it: RST_STREAM(NO_ERROR) after a
-// complete response). So the end of the app's bytes ends the tunnel: anything the client
-// still sends is dropped, as a TCP peer that closed would answer it with a RST. Waiting
-// for the client instead would hang every client that reads to EOF before it closes.
-// The client's END_STREAM, on the other hand, only half-closes app, and the app's answer
-// keeps flowing.
-//
-// TODO(hbone-halfclose): an app that shuts down its write side and keeps reading loses
-// what the client sends afterwards; carrying that needs a server that can send
-// END_STREAM while still reading, i.e. one written on the HTTP/2 framer.
-func relayStream(rw http.ResponseWriter, r *http.Request, app net.Conn,
-	t *tracked) (outcome string, abort bool) {
-	rc := http.NewResponseController(rw)
-	rw.WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
+// Each direction ends on its own, as in TCP: the client's END_STREAM half-closes app
+// (CloseWrite), and app's EOF becomes our END_STREAM while the client's bytes keep
+// flowing. A reset ends both: the client's RST_STREAM resets app (SO_LINGER 0), and an
+// app that resets, or fails to take the client's bytes, resets the stream with
+// CONNECT_ERROR (RFC 9113, section 8.5).
+func relayStream(st *h2Stream, app net.Conn, t *tracked) string {
+	if err := st.writeHeaders(http.StatusOK, nil); err != nil {
 		reset(app)
-		return "flushing 200: " + err.Error(), false
+		st.reset(http2.ErrCodeInternal)
+		return "answering 200: " + err.Error()
 	}
 
-	var stopping atomic.Bool
 	up := make(chan pumpResult, 1)
 	go func() {
-		res := pump(app, r.Body, t.addReceived)
+		res := pump(app, st, t.addReceived)
 		switch {
 		case res.clean():
 			closeWrite(app)
-		case !stopping.Load():
-			reset(app) // the client reset the stream, or the app would not take bytes
+		case res.writeErr != nil:
+			st.reset(http2.ErrCodeConnect)
+			reset(app)
+		default:
+			reset(app) // the client reset the stream, or the connection is gone
 		}
 		up <- res
 	}()
 
-	down := pump(flushWriter{rw, rc}, app, t.addSent)
-	stopping.Store(true)
-	_ = r.Body.Close() // unblocks the upload if the client is still sending
-	if down.clean() {
-		_ = app.Close()
-	} else {
+	down := pump(st, app, t.addSent)
+	switch {
+	case down.clean():
+		if err := st.closeSend(); err != nil {
+			down.writeErr = err
+			reset(app)
+		}
+	case down.readErr != nil:
+		st.reset(http2.ErrCodeConnect)
 		reset(app)
+	default:
+		reset(app) // the client reset the stream, or the connection is gone
 	}
-	<-up
-	return "sent " + down.outcome(), down.readErr != nil
-}
+	upRes := <-up
+	_ = app.Close()
 
-// flushWriter writes to an HTTP/2 response and flushes each write out as DATA frames
-// at once: a tunnel has no notion of a complete response worth batching for.
-type flushWriter struct {
-	w  http.ResponseWriter
-	rc *http.ResponseController
-}
-
-func (f flushWriter) Write(p []byte) (int, error) {
-	n, err := f.w.Write(p)
-	if err != nil {
-		return n, err
+	if !down.clean() {
+		return "sent " + down.outcome()
 	}
-	return n, f.rc.Flush()
+	return "received " + upRes.outcome()
 }

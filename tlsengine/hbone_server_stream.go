@@ -1,0 +1,282 @@
+package tlsengine
+
+import (
+	"context"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// h2Stream is one CONNECT stream of an h2Conn. Its two directions end independently:
+// the client's END_STREAM ends Read with io.EOF, closeSend ends ours, and a reset on
+// either side ends both. Read and Write are each used by one goroutine at a time.
+type h2Stream struct {
+	sc     *h2Conn
+	id     uint32
+	ctx    context.Context // ends when the stream is aborted
+	cancel context.CancelFunc
+	cond   sync.Cond // on sc.mu: data, window or end arrived
+
+	// noMoreFrames is set once a RST_STREAM was sent or received: from then on the
+	// writer drops the stream's DATA still queued (RFC 9113, section 5.1, "closed").
+	noMoreFrames atomic.Bool
+
+	// Under sc.mu.
+	err        error       // why the stream was aborted
+	recv       []recvChunk // the client's bytes, not yet read
+	recvWindow int64       // what the client may still send
+	recvCredit int64       // read but not yet returned with WINDOW_UPDATE
+	recvEnd    bool        // END_STREAM received
+	sendWindow int64       // the client's window for our DATA
+	sentEnd    bool        // END_STREAM queued
+
+	cur recvChunk // the chunk Read is taking bytes from; Read's goroutine only
+	off int
+}
+
+// recvChunk is a pooled buffer holding n bytes of the client's DATA.
+type recvChunk struct {
+	buf *[]byte
+	n   int
+}
+
+func (sc *h2Conn) newStreamLocked(id uint32) *h2Stream {
+	st := &h2Stream{
+		sc: sc, id: id,
+		recvWindow: h2StreamWindow,
+		sendWindow: sc.peerInitialWindow,
+	}
+	st.ctx, st.cancel = context.WithCancel(context.Background())
+	st.cond.L = &sc.mu
+	sc.streams[id] = st
+	return st
+}
+
+// appendLocked copies the client's bytes into the stream's buffer; the connection and
+// stream windows bound how much it can hold.
+func (st *h2Stream) appendLocked(p []byte) {
+	for len(p) > 0 {
+		if k := len(st.recv); k == 0 || st.recv[k-1].n == relayBufSize {
+			st.recv = append(st.recv, recvChunk{buf: relayBufs.Get().(*[]byte)})
+		}
+		c := &st.recv[len(st.recv)-1]
+		m := copy((*c.buf)[c.n:], p)
+		c.n += m
+		p = p[m:]
+	}
+	st.cond.Broadcast()
+}
+
+// endRecvLocked records the client's END_STREAM.
+func (st *h2Stream) endRecvLocked() error {
+	st.recvEnd = true
+	st.cond.Broadcast()
+	if st.sentEnd {
+		st.sc.removeLocked(st)
+	}
+	return nil
+}
+
+// Read returns the client's bytes as the app is ready for them, and only then gives the
+// window back, so a slow app slows the client down instead of filling our memory.
+func (st *h2Stream) Read(p []byte) (int, error) {
+	sc := st.sc
+	sc.mu.Lock()
+	for st.cur.buf == nil && len(st.recv) == 0 && !st.recvEnd && st.err == nil {
+		st.cond.Wait()
+	}
+	if st.err != nil {
+		if st.cur.buf != nil {
+			sc.creditConnLocked(int64(st.cur.n - st.off)) // dropped, like the rest
+		}
+		err := st.err
+		sc.mu.Unlock()
+		st.dropCur()
+		return 0, err
+	}
+	if st.cur.buf == nil {
+		if len(st.recv) == 0 {
+			sc.mu.Unlock()
+			return 0, io.EOF
+		}
+		// Take the chunk out, so appendLocked never writes to the one being read.
+		st.cur, st.off = st.recv[0], 0
+		st.recv[0] = recvChunk{}
+		st.recv = st.recv[1:]
+	}
+	sc.mu.Unlock()
+
+	n := copy(p, (*st.cur.buf)[st.off:st.cur.n])
+	st.off += n
+	if st.off == st.cur.n {
+		st.dropCur()
+	}
+
+	sc.mu.Lock()
+	st.creditLocked(int64(n))
+	sc.mu.Unlock()
+	return n, nil
+}
+
+func (st *h2Stream) dropCur() {
+	if st.cur.buf != nil {
+		relayBufs.Put(st.cur.buf)
+		st.cur = recvChunk{}
+	}
+}
+
+// creditLocked gives n consumed bytes back to the client's windows.
+func (st *h2Stream) creditLocked(n int64) {
+	st.sc.creditConnLocked(n)
+	if st.recvEnd || st.err != nil {
+		return // the client sends nothing more on this stream
+	}
+	st.recvCredit += n
+	if st.recvCredit < h2MinRefresh || st.recvCredit < st.recvWindow {
+		return
+	}
+	id, inc := st.id, uint32(st.recvCredit)
+	st.recvWindow += st.recvCredit
+	st.recvCredit = 0
+	st.sc.queueLocked(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(id, inc) }, nil)
+}
+
+// Write sends p as DATA frames, each as large as the client's windows and frame size
+// allow, and returns once they are written out. It blocks while the client's windows
+// are closed.
+func (st *h2Stream) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		n, maxFrame, err := st.reserve(len(p))
+		if err != nil {
+			return written, err
+		}
+		data := p[:n]
+		err = st.sc.writeWait(func(fr *http2.Framer) error {
+			for len(data) > 0 && !st.noMoreFrames.Load() {
+				m := min(len(data), int(maxFrame))
+				if err := fr.WriteData(st.id, false, data[:m]); err != nil {
+					return err
+				}
+				data = data[m:]
+			}
+			return nil
+		})
+		if err == nil {
+			err = st.abortErr()
+		}
+		if err != nil {
+			return written, err
+		}
+		written += n
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// reserve waits until the client's windows have room and takes up to want bytes of it.
+func (st *h2Stream) reserve(want int) (int, uint32, error) {
+	sc := st.sc
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	for {
+		if st.err != nil {
+			return 0, 0, st.err
+		}
+		if n := min(int64(want), st.sendWindow, sc.sendWindow); n > 0 {
+			st.sendWindow -= n
+			sc.sendWindow -= n
+			return int(n), sc.peerMaxFrame, nil
+		}
+		st.cond.Wait()
+	}
+}
+
+func (st *h2Stream) abortErr() error {
+	st.sc.mu.Lock()
+	defer st.sc.mu.Unlock()
+	return st.err
+}
+
+// closeSend ends our direction with END_STREAM; the client's keeps flowing.
+func (st *h2Stream) closeSend() error {
+	sc := st.sc
+	sc.mu.Lock()
+	if st.err != nil {
+		sc.mu.Unlock()
+		return st.err
+	}
+	st.sentEnd = true
+	if st.recvEnd {
+		sc.removeLocked(st)
+	}
+	done := make(chan error, 1)
+	sc.queueLocked(func(fr *http2.Framer) error {
+		if st.noMoreFrames.Load() {
+			return nil
+		}
+		return fr.WriteData(st.id, true, nil)
+	}, done)
+	sc.mu.Unlock()
+	return <-done
+}
+
+// writeHeaders sends the response headers: status and fields.
+func (st *h2Stream) writeHeaders(status int, fields []hpack.HeaderField) error {
+	sc := st.sc
+	return sc.writeWait(func(fr *http2.Framer) error {
+		sc.hbuf.Reset()
+		_ = sc.henc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
+		for _, f := range fields {
+			_ = sc.henc.WriteField(f)
+		}
+		// A few short fields: far below the 16 KiB every peer accepts in one frame.
+		return fr.WriteHeaders(http2.HeadersFrameParam{
+			StreamID: st.id, BlockFragment: sc.hbuf.Bytes(), EndHeaders: true,
+		})
+	})
+}
+
+// reset aborts the stream and tells the client with RST_STREAM(code), unless the
+// stream is already over.
+func (st *h2Stream) reset(code http2.ErrCode) {
+	st.sc.mu.Lock()
+	defer st.sc.mu.Unlock()
+	st.resetLocked(code)
+}
+
+func (st *h2Stream) resetLocked(code http2.ErrCode) {
+	sc := st.sc
+	if st.err != nil || sc.streams[st.id] != st {
+		return // reset already, or closed both ways
+	}
+	st.noMoreFrames.Store(true)
+	id := st.id
+	sc.queueLocked(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, code) }, nil)
+	st.abortLocked(errStreamReset)
+}
+
+// abortLocked ends both directions with err: the reader and writer of the stream fail,
+// its buffered bytes are dropped (their window returned to the connection), and the
+// stream is forgotten.
+func (st *h2Stream) abortLocked(err error) {
+	if st.err != nil {
+		return
+	}
+	st.err = err
+	st.noMoreFrames.Store(true)
+	st.cancel()
+	var dropped int64
+	for _, c := range st.recv {
+		dropped += int64(c.n)
+		relayBufs.Put(c.buf)
+	}
+	st.recv = nil
+	st.sc.creditConnLocked(dropped)
+	st.sc.removeLocked(st)
+	st.cond.Broadcast()
+}
