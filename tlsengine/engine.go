@@ -56,6 +56,14 @@ type Config struct {
 	// DialTimeout bounds each dial, TLS handshake and wait for a CONNECT answer.
 	// 0: 10 s.
 	DialTimeout time.Duration
+	// MaxStreamsPerConn caps the tunnels one pooled HBONE connection carries; a new
+	// connection is made past it. 0: DefaultMaxStreamsPerConn.
+	MaxStreamsPerConn int
+	// PoolIdleTimeout closes a pooled connection that carried no tunnel for this long.
+	// 0: DefaultPoolIdleTimeout.
+	PoolIdleTimeout time.Duration
+	// Observer hears of every connection, for metrics and access logs. nil: nobody.
+	Observer Observer
 }
 
 // Engine carries workloads' connections. One engine serves every workload of a node;
@@ -67,7 +75,7 @@ type Engine struct {
 	dialTimeout time.Duration
 
 	h2client *http2.Transport
-	h2server *http2.Server
+	pool     *connPool
 
 	stats engineStats
 	conns connTable
@@ -84,7 +92,7 @@ func NewEngine(cfg Config) *Engine {
 		rejectLog:   cfg.Log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second}),
 		dialTimeout: cfg.DialTimeout,
 		h2client:    newH2Transport(),
-		h2server:    newH2Server(),
+		pool:        newConnPool(cfg.MaxStreamsPerConn, cfg.PoolIdleTimeout),
 	}
 	if e.dialTimeout <= 0 {
 		e.dialTimeout = defaultDialTimeout
@@ -92,6 +100,10 @@ func NewEngine(cfg Config) *Engine {
 	e.conns.init()
 	return e
 }
+
+// Forget closes what the engine keeps for w beyond its listeners: its pooled HBONE
+// connections, and with them any tunnel still open on them. Call it when w goes away.
+func (e *Engine) Forget(w *Workload) { e.pool.closeFor(w) }
 
 // Accept backoff, as net/http does for the same errors: running out of file descriptors
 // or memory is usually brief, and returning would take the listener down for good.

@@ -17,7 +17,8 @@ import (
 
 // clientTunnel is the client end of one HBONE CONNECT stream.
 type clientTunnel struct {
-	cc     *http2.ClientConn
+	e      *Engine
+	pc     *pooledConn
 	resp   *http.Response     // resp.Body carries the server's bytes
 	body   *io.PipeWriter     // carries ours; closing it ends the stream (END_STREAM)
 	sent   *notifyingBody     // the transport's end of body
@@ -31,18 +32,22 @@ type clientTunnel struct {
 func (e *Engine) openTunnel(w *Workload, src, dst netip.AddrPort,
 	peer spiffeid.ID) (*clientTunnel, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	cc, err := e.clientConn(ctx, w, dst.Addr(), peer)
+	key := poolKey{src: w, peer: peer, ip: dst.Addr()}
+	pc, err := e.pool.get(ctx, key, func(ctx context.Context) (*http2.ClientConn, error) {
+		return e.clientConn(ctx, w, dst.Addr(), peer)
+	})
 	if err != nil {
 		cancel()
 		return nil, err
 	}
+	cc := pc.cc
 
 	pr, pw := io.Pipe()
 	sent := &notifyingBody{PipeReader: pr, closed: make(chan struct{})}
 	req, err := http.NewRequestWithContext(ctx, http.MethodConnect, "http://"+dst.String(), sent)
 	if err != nil {
 		cancel()
-		_ = cc.Close()
+		e.pool.discard(pc) // its reservation can no longer be used
 		return nil, fmt.Errorf("building CONNECT request: %w", err)
 	}
 	req.Header.Set("Forwarded", forwardedFor(w.clientIP(src)))
@@ -63,15 +68,14 @@ func (e *Engine) openTunnel(w *Workload, src, dst netip.AddrPort,
 	if err != nil {
 		cancel()
 		_ = pw.Close()
-		_ = cc.Close()
+		e.pool.releaseFailed(pc)
 		return nil, fmt.Errorf("sending CONNECT %s: %w", dst, err)
 	}
-	return &clientTunnel{cc: cc, resp: resp, body: pw, sent: sent, cancel: cancel}, nil
+	return &clientTunnel{e: e, pc: pc, resp: resp, body: pw, sent: sent, cancel: cancel}, nil
 }
 
-// clientConn returns an HTTP/2 connection from w to the HBONE server at ip, which has
-// proven it holds the identity peer. Every tunnel gets its own connection for now; a
-// pool keyed by workload, peer identity and ip would hand out shared ones from here.
+// clientConn makes a new HTTP/2 connection from w to the HBONE server at ip, which has
+// proven it holds the identity peer. The pool shares it between tunnels.
 func (e *Engine) clientConn(ctx context.Context, w *Workload, ip netip.Addr,
 	peer spiffeid.ID) (*http2.ClientConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.dialTimeout)
@@ -134,15 +138,19 @@ func (t *clientTunnel) relay(app net.Conn, tr *tracked) string {
 	}
 
 	// The server is done sending. Keep carrying the app's bytes for as long as the
-	// server takes them: Go's HTTP/2 server stops the stream once its handler returns,
-	// a server that half-closes properly keeps reading until our END_STREAM.
+	// server takes them, until our END_STREAM.
 	closeWrite(app)
 	select {
 	case upRes := <-up:
-		_ = app.Close()
 		if upRes.readErr != nil {
+			_ = app.Close()
 			return "sent " + upRes.outcome()
 		}
+		// The app's last bytes may still wait in the transport for the server's window:
+		// closing resp.Body now would reset the stream and lose them. The transport
+		// closes the body once it has sent END_STREAM, or given up.
+		<-t.sent.closed
+		_ = app.Close()
 	case <-t.sent.closed:
 		// The server will take no more; what the app still sends meets a RST.
 		_ = app.Close()
@@ -151,11 +159,11 @@ func (t *clientTunnel) relay(app net.Conn, tr *tracked) string {
 	return "eof"
 }
 
-// close releases the stream and, while each tunnel has its own, its connection.
+// close ends the stream and gives it back to the pool.
 func (t *clientTunnel) close() {
 	_ = t.resp.Body.Close()
 	t.cancel()
-	_ = t.cc.Close()
+	t.e.pool.release(t.pc)
 }
 
 // notifyingBody is the request body as the transport sees it; closed is closed once the

@@ -1,0 +1,239 @@
+package tlsengine
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2"
+)
+
+// Pool defaults. 100 streams is what the HBONE server advertises as its concurrent stream
+// limit and what Istio's ztunnel uses; past it a stream would queue at the server instead
+// of running. A connection nobody used for a minute is closed, which is long enough to
+// carry bursts of short requests and short enough not to hold sockets for peers that left.
+const (
+	DefaultMaxStreamsPerConn = 100
+	DefaultPoolIdleTimeout   = time.Minute
+)
+
+// poolKey is what a pooled connection can be shared by: the same workload (its identity
+// is the certificate the connection presented, and its address the connection's source,
+// which the server reports to the app), the same server identity, at the same address.
+// Two pods with one service account do not share: each must appear from its own address.
+type poolKey struct {
+	src  *Workload
+	peer spiffeid.ID
+	ip   netip.Addr
+}
+
+// connPool shares HBONE connections between tunnels: each tunnel is one HTTP/2 stream,
+// and a connection carries up to maxStreams of them. A connection that breaks fails its
+// streams (the transport returns their errors) and is dropped from the pool; the next
+// tunnel builds a new one.
+type connPool struct {
+	maxStreams int
+	idle       time.Duration
+
+	mu      sync.Mutex
+	conns   map[poolKey][]*pooledConn
+	dialing map[poolKey]chan struct{} // closed when the dial for the key has finished
+	opened  uint64                    // connections made since start, for Stats
+}
+
+type pooledConn struct {
+	key    poolKey
+	cc     *http2.ClientConn
+	active int         // streams handed out and not yet released
+	timer  *time.Timer // closes the connection once idle
+}
+
+func newConnPool(maxStreams int, idle time.Duration) *connPool {
+	if maxStreams <= 0 {
+		maxStreams = DefaultMaxStreamsPerConn
+	}
+	if idle <= 0 {
+		idle = DefaultPoolIdleTimeout
+	}
+	return &connPool{
+		maxStreams: maxStreams, idle: idle,
+		conns: map[poolKey][]*pooledConn{}, dialing: map[poolKey]chan struct{}{},
+	}
+}
+
+// get returns a connection for key with a stream reserved on it, dialing one with dial
+// when none has room. Tunnels that arrive together while a dial is under way wait for it
+// rather than each dialing their own, so a burst shares connections from the start.
+func (p *connPool) get(ctx context.Context, key poolKey,
+	dial func(context.Context) (*http2.ClientConn, error)) (*pooledConn, error) {
+	for {
+		p.mu.Lock()
+		if pc := p.reserveLocked(key); pc != nil {
+			p.mu.Unlock()
+			return pc, nil
+		}
+		if wait, ok := p.dialing[key]; ok {
+			p.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		done := make(chan struct{})
+		p.dialing[key] = done
+		p.mu.Unlock()
+
+		cc, err := dial(ctx)
+
+		p.mu.Lock()
+		delete(p.dialing, key)
+		close(done)
+		if err != nil {
+			p.mu.Unlock()
+			return nil, err
+		}
+		p.opened++
+		pc := &pooledConn{key: key, cc: cc}
+		p.conns[key] = append(p.conns[key], pc)
+		reserved := p.reserveOnLocked(pc)
+		p.mu.Unlock()
+		if reserved {
+			return pc, nil
+		}
+		// The new connection died before its first stream: dial again.
+	}
+}
+
+// reserveLocked finds a connection for key with room for one more stream and reserves
+// it, dropping connections that can take no more requests.
+func (p *connPool) reserveLocked(key poolKey) *pooledConn {
+	for _, pc := range p.conns[key] {
+		if pc.active < p.maxStreams && p.reserveOnLocked(pc) {
+			return pc
+		}
+	}
+	return nil
+}
+
+func (p *connPool) reserveOnLocked(pc *pooledConn) bool {
+	if !pc.cc.ReserveNewRequest() {
+		// Closed, or the server sent GOAWAY: no new streams will ever fit.
+		p.removeLocked(pc)
+		go pc.cc.Close()
+		return false
+	}
+	pc.active++
+	if pc.timer != nil {
+		pc.timer.Stop()
+		pc.timer = nil
+	}
+	return true
+}
+
+// release gives back a stream; a connection left with none is closed after the idle
+// timeout unless a stream is reserved on it first.
+func (p *connPool) release(pc *pooledConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pc.active--
+	if pc.active > 0 {
+		return
+	}
+	pc.timer = time.AfterFunc(p.idle, func() {
+		p.mu.Lock()
+		idle := pc.active == 0
+		if idle {
+			p.removeLocked(pc)
+		}
+		p.mu.Unlock()
+		if idle {
+			pc.cc.Close()
+		}
+	})
+}
+
+// releaseFailed gives back a stream whose request failed. If the connection itself is
+// done for (closed, or the server sent GOAWAY), it leaves the pool at once so no other
+// tunnel picks it before it is noticed; its other streams end on their own.
+func (p *connPool) releaseFailed(pc *pooledConn) {
+	p.mu.Lock()
+	if pc.cc.CanTakeNewRequest() {
+		p.mu.Unlock()
+		p.release(pc)
+		return
+	}
+	p.removeLocked(pc)
+	pc.active--
+	idle := pc.active == 0
+	p.mu.Unlock()
+	if idle {
+		pc.cc.Close()
+	}
+}
+
+// discard drops a connection whose stream failed in a way that says the connection is
+// broken, so no later tunnel picks it.
+func (p *connPool) discard(pc *pooledConn) {
+	p.mu.Lock()
+	p.removeLocked(pc)
+	p.mu.Unlock()
+	pc.cc.Close()
+}
+
+func (p *connPool) removeLocked(pc *pooledConn) {
+	list := p.conns[pc.key]
+	for i, c := range list {
+		if c == pc {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(p.conns, pc.key)
+	} else {
+		p.conns[pc.key] = list
+	}
+}
+
+// PoolStats describes the HBONE connection pool.
+type PoolStats struct {
+	// Connections is how many pooled connections are open now; Streams how many
+	// tunnels they carry.
+	Connections int `json:"connections"`
+	Streams     int `json:"streams"`
+	// Opened counts connections made since start.
+	Opened uint64 `json:"opened"`
+}
+
+func (p *connPool) stats() PoolStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := PoolStats{Opened: p.opened}
+	for _, list := range p.conns {
+		s.Connections += len(list)
+		for _, pc := range list {
+			s.Streams += pc.active
+		}
+	}
+	return s
+}
+
+// closeFor closes the pooled connections of w, failing the tunnels they carry.
+func (p *connPool) closeFor(w *Workload) {
+	p.mu.Lock()
+	var gone []*pooledConn
+	for key, list := range p.conns {
+		if key.src == w {
+			gone = append(gone, list...)
+			delete(p.conns, key)
+		}
+	}
+	p.mu.Unlock()
+	for _, pc := range gone {
+		pc.cc.Close()
+	}
+}

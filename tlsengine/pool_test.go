@@ -1,0 +1,129 @@
+package tlsengine
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// holdApp accepts connections and keeps each open until the client closes it.
+func holdApp(t *testing.T) *appServer {
+	return startApp(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = io.Copy(io.Discard, c) })
+}
+
+// openTunnels dials n tunnels through the mesh and waits until the app has accepted all
+// of them, so they are all open at once.
+func openTunnels(t *testing.T, m *testMesh, app *appServer, n int) []*net.TCPConn {
+	t.Helper()
+	before := app.accepted.Load()
+	conns := make([]*net.TCPConn, n)
+	for i := range conns {
+		conns[i] = m.dial(app.addr)
+	}
+	eventually(t, "every tunnel accepted", func() bool { return app.accepted.Load()-before == int32(n) })
+	return conns
+}
+
+func TestPoolSharesConnectionsUpToTheStreamCap(t *testing.T) {
+	m := newMesh(t, meshOpts{maxStreams: 10})
+	conns := openTunnels(t, m, holdApp(t), 100)
+
+	if p := m.client.Stats().Pool; p.Opened != 10 || p.Connections != 10 || p.Streams != 100 {
+		t.Fatalf("pool after 100 tunnels with a cap of 10: %+v, want 10 connections carrying 100", p)
+	}
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	eventually(t, "streams released", func() bool { return m.client.Stats().Pool.Streams == 0 })
+}
+
+// A burst of 100 connections at once, the default cap: one pooled connection carries all.
+func TestPoolBurstSharesOneConnection(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	app := holdApp(t)
+	conns := make([]net.Conn, 100)
+	for i := range conns {
+		c, err := net.Dial("tcp", m.outAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.orig.set(addrPortOf(c.LocalAddr()), app.addr)
+		conns[i] = c
+		t.Cleanup(func() { _ = c.Close() })
+	}
+	eventually(t, "every tunnel accepted", func() bool { return app.accepted.Load() == 100 })
+	if p := m.client.Stats().Pool; p.Opened != 1 || p.Streams != 100 {
+		t.Fatalf("pool after a burst of 100: %+v, want 1 connection carrying 100 streams", p)
+	}
+}
+
+func TestPoolClosesIdleConnections(t *testing.T) {
+	m := newMesh(t, meshOpts{poolIdle: 50 * time.Millisecond})
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = c.Write([]byte("hi")) })
+	c := m.dial(app.addr)
+	if got, err := io.ReadAll(c); err != nil || string(got) != "hi" {
+		t.Fatalf("tunnel: %q %v", got, err)
+	}
+	_ = c.Close() // the tunnel ends when both sides have finished
+	eventually(t, "the idle connection closed", func() bool { return m.client.Stats().Pool.Connections == 0 })
+
+	// The next tunnel builds a new connection.
+	if got, err := io.ReadAll(m.dial(app.addr)); err != nil || string(got) != "hi" {
+		t.Fatalf("tunnel after idle close: %q %v", got, err)
+	}
+	if p := m.client.Stats().Pool; p.Opened != 2 {
+		t.Fatalf("pool opened %d connections, want 2", p.Opened)
+	}
+}
+
+// When a pooled connection breaks, every tunnel on it fails with a reset and the next
+// tunnel gets a new connection.
+func TestPoolBrokenConnectionFailsItsStreams(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	var mu sync.Mutex
+	var raw []net.Conn
+	m.a.DialOut = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+		c, err := dialTCP(ctx, dst)
+		if err == nil {
+			mu.Lock()
+			raw = append(raw, c)
+			mu.Unlock()
+		}
+		return c, err
+	}
+	app := holdApp(t)
+	conns := openTunnels(t, m, app, 3)
+
+	mu.Lock()
+	if len(raw) != 1 {
+		t.Fatalf("%d HBONE connections for 3 tunnels, want 1", len(raw))
+	}
+	raw[0].(*net.TCPConn).SetLinger(0)
+	raw[0].Close()
+	mu.Unlock()
+	for _, c := range conns {
+		expectReset(t, c)
+	}
+
+	next := openTunnels(t, m, app, 1)
+	if p := m.client.Stats().Pool; p.Opened != 2 || p.Connections != 1 {
+		t.Fatalf("pool after the break: %+v, want a second connection", p)
+	}
+	_ = next[0].Close()
+}
+
+func TestForgetClosesTheWorkloadsConnections(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	conns := openTunnels(t, m, holdApp(t), 2)
+	m.client.Forget(m.a)
+	for _, c := range conns {
+		expectReset(t, c)
+	}
+	if p := m.client.Stats().Pool; p.Connections != 0 {
+		t.Fatalf("pool after Forget: %+v", p)
+	}
+}
