@@ -31,11 +31,14 @@
 // workload's point of view: sent is what the workload's app wrote, received is what was
 // delivered to it.
 //
+// Observation. An Observer in Config hears of every connection that opens, moves bytes,
+// closes or fails, and of every mTLS handshake's duration (observer.go); the agent turns
+// that into metrics and access logs, so the data path itself logs only at debug level.
+//
 // Half-close. An EOF on one side becomes a TCP FIN (CloseWrite) or an HTTP/2 END_STREAM on
-// the other while the opposite direction keeps flowing. One exception: the HBONE server
-// can end its half of a stream only by ending the stream, so when the delivered-to app
-// finishes sending, the tunnel ends and later bytes from the client are refused (see
-// relayStream). A reset or a failed tunnel becomes a TCP RST (SO_LINGER 0) or an HTTP/2
-// RST_STREAM, never a clean EOF, so an app can tell a peer that finished from one that
-// failed.
+// the other while the opposite direction keeps flowing, in both directions, until both
+// sides have finished. A reset or a failed tunnel becomes a TCP RST (SO_LINGER 0) or an
+// HTTP/2 RST_STREAM, never a clean EOF, so an app can tell a peer that finished from one
+// that failed. The HBONE server is written on the HTTP/2 framer for this: x/net/http2's
+// Server can end its half of a stream only by ending the whole stream.
 package tlsengine

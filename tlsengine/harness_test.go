@@ -91,6 +91,11 @@ type meshOpts struct {
 	serverDialTimeout  time.Duration
 	// dialApp replaces the server's delivery dial.
 	dialApp func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+	// clientObs and serverObs observe the two engines.
+	clientObs, serverObs Observer
+	// maxStreams and poolIdle configure the client's connection pool.
+	maxStreams int
+	poolIdle   time.Duration
 }
 
 // testMesh is two nodes on loopback: the client engine serves workload a's outbound
@@ -150,11 +155,12 @@ func newMesh(t testing.TB, o meshOpts) *testMesh {
 	m.client = NewEngine(Config{
 		TrustDomain: meshTD, Bundle: m.ca.bundle(), Peers: peerMap{loopback: idB},
 		Log: zerolog.New(m.clientLogs).Level(zerolog.DebugLevel), HBONEPort: hbonePort,
+		Observer: o.clientObs, MaxStreamsPerConn: o.maxStreams, PoolIdleTimeout: o.poolIdle,
 	})
 	m.server = NewEngine(Config{
 		TrustDomain: meshTD, Bundle: m.ca.bundle(),
 		Log:       zerolog.New(m.serverLogs).Level(zerolog.DebugLevel),
-		HBONEPort: hbonePort, DialTimeout: o.serverDialTimeout,
+		HBONEPort: hbonePort, DialTimeout: o.serverDialTimeout, Observer: o.serverObs,
 	})
 
 	serveUntilCleanup(t, outLn, func() error {

@@ -68,6 +68,8 @@ type Stats struct {
 	// Peers counts connections per local workload and verified peer identity: who
 	// talked to whom over mTLS. Its size is bounded by identities, not connections.
 	Peers []PeerCount `json:"peers"`
+	// Pool describes the outbound HBONE connections shared by tunnels.
+	Pool PoolStats `json:"pool"`
 }
 
 // PeerCount is the number of connections opened between a local workload and a peer
@@ -121,6 +123,7 @@ func (e *Engine) Stats() Stats {
 		s.add(c)
 	}
 
+	s.Pool = e.pool.stats()
 	e.conns.mu.Lock()
 	for k, n := range e.conns.peers {
 		s.Peers = append(s.Peers, PeerCount{Workload: k.workload, Peer: k.peer, Direction: k.dir, Connections: n})
@@ -134,7 +137,10 @@ func (e *Engine) Stats() Stats {
 }
 
 // failed counts a connection in direction d that never started relaying.
-func (e *Engine) failed(d Direction) { e.stats[d].failed.Add(1) }
+func (e *Engine) failed(d Direction) {
+	e.stats[d].failed.Add(1)
+	e.observer().Failed(d)
+}
 
 // connTable holds the live connections.
 type connTable struct {
@@ -157,6 +163,7 @@ type tracked struct {
 	info           ConnInfo
 	sent, received atomic.Uint64
 	dir            *dirCounters
+	obs            ConnObserver
 	log            zerolog.Logger
 }
 
@@ -165,6 +172,7 @@ func (e *Engine) track(info ConnInfo, log zerolog.Logger) *tracked {
 	info.Start = time.Now()
 	t := &tracked{e: e, info: info, dir: &e.stats[info.Direction], log: log}
 	t.dir.opened.Add(1)
+	t.obs = e.observer().Opened(info)
 
 	e.conns.mu.Lock()
 	e.conns.next++
@@ -182,11 +190,13 @@ func (e *Engine) track(info ConnInfo, log zerolog.Logger) *tracked {
 func (t *tracked) addSent(n int) {
 	t.sent.Add(uint64(n))
 	t.dir.sent.Add(uint64(n))
+	t.obs.Sent(n)
 }
 
 func (t *tracked) addReceived(n int) {
 	t.received.Add(uint64(n))
 	t.dir.received.Add(uint64(n))
+	t.obs.Received(n)
 }
 
 // done removes the connection from the live table. outcome says how it ended.
@@ -195,6 +205,7 @@ func (t *tracked) done(outcome string) {
 	delete(t.e.conns.conns, t.id)
 	t.e.conns.mu.Unlock()
 	t.dir.closed.Add(1)
+	t.obs.Closed(t.snapshot(), outcome)
 
 	t.log.Debug().
 		Str(logKeyOutcome, outcome).

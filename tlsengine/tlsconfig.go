@@ -30,7 +30,7 @@ func baseTLS() *tls.Config {
 func (e *Engine) clientTLS(w *Workload, peer spiffeid.ID) *tls.Config {
 	c := baseTLS()
 	tlsconfig.HookMTLSClientConfig(c, w.SVID, e.cfg.Bundle, tlsconfig.AuthorizeID(peer))
-	return c
+	return e.timeClientHandshake(c)
 }
 
 // serverTLS returns the HBONE server config of workload w: any client that chains to
@@ -40,7 +40,7 @@ func (e *Engine) serverTLS(w *Workload) *tls.Config {
 	c := baseTLS()
 	tlsconfig.HookMTLSServerConfig(c, w.SVID, e.cfg.Bundle,
 		tlsconfig.AuthorizeMemberOf(e.cfg.TrustDomain))
-	return c
+	return e.timeServerHandshake(c)
 }
 
 var errNoPeerCert = errors.New("peer presented no certificate")
