@@ -5,18 +5,33 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // Admin API paths, served on the admin Unix socket.
 const (
 	StatusPath      = "/v1/status"
 	ConnectionsPath = "/v1/connections"
+	WorkloadsPath   = "/v1/workloads"
+	CertsPath       = "/v1/certs"
+	// LogLevelPath answers GET with the agent's LogLevel and takes a new one with PUT.
+	LogLevelPath = "/v1/log-level"
 )
+
+// LogLevel is the body of LogLevelPath, both ways.
+type LogLevel struct {
+	Level string `json:"level"`
+	// Previous is set in the answer to a PUT.
+	Previous string `json:"previous,omitempty"`
+}
 
 // serveAdmin listens on the admin socket. The socket is root's only (0600 in a 0700
 // directory): it tells which identities run on the node and what they connect to.
@@ -46,12 +61,23 @@ func (a *Agent) serveAdmin(ctx context.Context) (*http.Server, error) {
 		writeJSON(w, a.status())
 	})
 	mux.HandleFunc("GET "+ConnectionsPath, func(w http.ResponseWriter, r *http.Request) {
-		if a.engine == nil {
+		e := a.dataPath()
+		if e == nil {
 			writeJSON(w, []struct{}{})
 			return
 		}
-		writeJSON(w, a.engine.Connections())
+		writeJSON(w, e.Connections())
 	})
+	mux.HandleFunc("GET "+WorkloadsPath, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, a.workloadStatuses())
+	})
+	mux.HandleFunc("GET "+CertsPath, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, a.certs())
+	})
+	mux.HandleFunc("GET "+LogLevelPath, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, LogLevel{Level: a.level.get().String()})
+	})
+	mux.HandleFunc("PUT "+LogLevelPath, a.putLogLevel)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -68,4 +94,44 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// putLogLevel changes the agent's log level. The change is logged at info level on
+// whichever side of it lets the line through, so it is always on record.
+func (a *Agent) putLogLevel(w http.ResponseWriter, r *http.Request) {
+	var req LogLevel
+	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+		http.Error(w, "reading the body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	lvl, err := parseLogLevel(req.Level)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	prev := a.level.get()
+	logChange := func() {
+		a.log.Info().Str(fieldLogLevel, lvl.String()).Str("previous", prev.String()).
+			Msg("log level changed")
+	}
+	if lvl > zerolog.InfoLevel {
+		logChange()
+		a.level.set(lvl)
+	} else {
+		a.level.set(lvl)
+		logChange()
+	}
+	writeJSON(w, LogLevel{Level: lvl.String(), Previous: prev.String()})
+}
+
+// LogLevels are the levels the agent accepts, from the most to the least verbose.
+var LogLevels = []string{"trace", "debug", "info", "warn", "error"}
+
+func parseLogLevel(s string) (zerolog.Level, error) {
+	for _, name := range LogLevels {
+		if s == name {
+			return zerolog.ParseLevel(s)
+		}
+	}
+	return zerolog.NoLevel, fmt.Errorf("log level %q: want one of %s", s, strings.Join(LogLevels, ", "))
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -20,16 +21,25 @@ import (
 type Agent struct {
 	cfg     Config
 	log     zerolog.Logger
+	level   *logLevel
 	errs    *errorRing
 	started time.Time
+	metrics *metrics
 
-	red    *redirect.Redirector
 	signer *trackedSigner
-	ids    *tlsengine.IdentityStore
-	engine *tlsengine.Engine
 	peers  *peerTable
 
-	mu        sync.Mutex
+	// attached and fileRead feed readiness: the programs are attached, the workload file
+	// has been read at least once.
+	attached, fileRead atomic.Bool
+
+	mu sync.Mutex
+	// red, ids and engine are set once during startup, while the admin and metrics
+	// servers may already be reading them: read them with redirector, identities and
+	// dataPath.
+	red       *redirect.Redirector
+	ids       *tlsengine.IdentityStore
+	engine    *tlsengine.Engine
 	td        spiffeid.TrustDomain
 	workloads map[string]*workload // by namespace/name, this node's only
 	fileErr   error
@@ -44,10 +54,11 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	errs := newErrorRing(20)
-	a := &Agent{
-		cfg: cfg, log: log, errs: errs, started: time.Now(),
-		peers: newPeerTable(), workloads: map[string]*workload{},
+	a := newAgent(cfg, log)
+	if cfg.MetricsAddr != "" {
+		if err := a.serveMetrics(ctx, cfg.MetricsAddr); err != nil {
+			return err
+		}
 	}
 
 	red, err := redirect.Load(redirect.Config{
@@ -58,7 +69,10 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return fmt.Errorf("loading BPF programs for cgroup %s: %w", cfg.Cgroup, err)
 	}
 	defer red.Close()
+	a.mu.Lock()
 	a.red = red
+	a.mu.Unlock()
+	a.attached.Store(true)
 	progs := red.Programs()
 	names := make([]string, len(progs))
 	for i, p := range progs {
@@ -82,13 +96,15 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	a.td = file.TrustDomain
-	a.ids = tlsengine.NewIdentityStore(a.signer, a.td, a.log)
-	defer a.ids.Close()
-	a.engine = tlsengine.NewEngine(tlsengine.Config{
-		TrustDomain: a.td, Bundle: a.ids.Bundle(), Peers: a.peers, Log: a.log,
-		HBONEPort: cfg.HBONEPort,
+	ids := tlsengine.NewIdentityStore(a.signer, file.TrustDomain, a.log)
+	defer ids.Close()
+	engine := tlsengine.NewEngine(tlsengine.Config{
+		TrustDomain: file.TrustDomain, Bundle: ids.Bundle(), Peers: a.peers, Log: a.log,
+		HBONEPort: cfg.HBONEPort, Observer: a.metrics,
 	})
+	a.mu.Lock()
+	a.td, a.ids, a.engine = file.TrustDomain, ids, engine
+	a.mu.Unlock()
 	a.apply(ctx, file, nil)
 
 	// Watch's first reading is the file just applied, unless it changed in between;
@@ -106,6 +122,39 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	a.retryFailed(ctx)
 	a.stopAll()
 	return nil
+}
+
+// newAgent makes the agent's in-memory state; Run starts it.
+func newAgent(cfg Config, log zerolog.Logger) *Agent {
+	level := newLogLevel(log.GetLevel())
+	log = level.wrap(log)
+	a := &Agent{
+		cfg: cfg, log: log, level: level, errs: newErrorRing(20), started: time.Now(),
+		metrics: newMetrics(cfg.Version), peers: newPeerTable(), workloads: map[string]*workload{},
+	}
+	if cfg.AccessLog {
+		a.metrics.accessLog = &a.log
+	}
+	a.metrics.reg.MustRegister(newStateCollector(a))
+	return a
+}
+
+func (a *Agent) redirector() *redirect.Redirector {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.red
+}
+
+func (a *Agent) identities() *tlsengine.IdentityStore {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ids
+}
+
+func (a *Agent) dataPath() *tlsengine.Engine {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.engine
 }
 
 // retryEvery is how often workloads that could not be enrolled are tried again: a netns
@@ -208,6 +257,7 @@ func (a *Agent) apply(ctx context.Context, f *workloadfile.File, problems []erro
 		}
 	}
 
+	a.fileRead.Store(true)
 	a.mu.Lock()
 	a.fileErr = nil
 	if problems != nil {

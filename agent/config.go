@@ -40,7 +40,16 @@ type Config struct {
 	// ReloadEvery is how often the workload file is checked for changes.
 	ReloadEvery time.Duration
 	Version     string
+
+	// MetricsAddr is where /metrics, /healthz and /readyz are served; empty: nowhere.
+	MetricsAddr string
+	// AccessLog writes one info line per closed connection.
+	AccessLog bool
 }
+
+// DefaultMetricsAddr serves metrics and health on every address of the node at Istio's
+// port for merged metrics, where scrape configs for Istio already look.
+const DefaultMetricsAddr = ":15020"
 
 func (c *Config) setDefaults() {
 	if c.Mark == 0 {

@@ -11,4 +11,19 @@ const (
 	fieldFile     = "file"
 	fieldPrograms = "programs"
 	fieldSocket   = "socket"
+	fieldAddr     = "addr"
+	fieldLogLevel = "logLevel"
+
+	// Access log fields. They follow ztunnel's access log, so queries written for Istio
+	// ambient find veil's lines too. src is the end that opened the connection, dst the
+	// end it was for; bytes are counted from src's side.
+	fieldDirection   = "direction"
+	fieldSrcAddr     = "src.addr"
+	fieldSrcIdentity = "src.identity"
+	fieldDstAddr     = "dst.addr"
+	fieldDstIdentity = "dst.identity"
+	fieldBytesSent   = "bytes_sent"
+	fieldBytesRecv   = "bytes_recv"
+	fieldDuration    = "duration"
+	fieldReason      = "reason"
 )

@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"cmp"
 	"net/netip"
+	"os"
+	"slices"
 	"sort"
 	"time"
 
@@ -15,8 +18,12 @@ type Status struct {
 	Node        string                     `json:"node"`
 	StartedAt   time.Time                  `json:"startedAt"`
 	Uptime      string                     `json:"uptime"`
+	LogLevel    string                     `json:"logLevel"`
+	Ready       bool                       `json:"ready"`
+	NotReady    string                     `json:"notReady,omitempty"`
 	Features    []redirect.Feature         `json:"kernelFeatures"`
-	Programs    []redirect.Program         `json:"programs"`
+	Programs    []ProgramStatus            `json:"programs"`
+	Maps        []redirect.MapUsage        `json:"bpfMaps"`
 	TrustDomain string                     `json:"trustDomain"`
 	Workloads   []WorkloadStatus           `json:"workloads"`
 	Identities  []tlsengine.IdentityStatus `json:"identities"`
@@ -26,6 +33,13 @@ type Status struct {
 	SoonestExpiry *time.Time    `json:"soonestExpiry,omitempty"`
 	WorkloadFile  FileStatus    `json:"workloadFile"`
 	RecentErrors  []RecentError `json:"recentErrors"`
+}
+
+// ProgramStatus is one attached BPF program and whether its link is pinned in bpffs,
+// which is what keeps it attached, and the node failing closed, while no agent runs.
+type ProgramStatus struct {
+	redirect.Program
+	Pinned bool `json:"pinned"`
 }
 
 // WorkloadStatus is one pod of this node.
@@ -58,12 +72,28 @@ type FileStatus struct {
 func (a *Agent) status() Status {
 	s := Status{
 		Version: a.cfg.Version, Node: a.cfg.Node, StartedAt: a.started,
-		Uptime:   time.Since(a.started).Round(time.Second).String(),
-		Features: redirect.Features(), Programs: a.red.Programs(),
-		TrustDomain:  a.td.String(),
+		Uptime:       time.Since(a.started).Round(time.Second).String(),
+		LogLevel:     a.level.get().String(),
+		Features:     redirect.Features(),
 		CA:           CAStatus{Addr: a.cfg.CAAddr},
 		WorkloadFile: FileStatus{Path: a.cfg.WorkloadFile},
 		RecentErrors: a.errs.recent(),
+	}
+	if err := a.readiness().check(); err != nil {
+		s.NotReady = err.Error()
+	} else {
+		s.Ready = true
+	}
+	if red := a.redirector(); red != nil {
+		for _, p := range red.Programs() {
+			_, err := os.Stat(p.Pin)
+			s.Programs = append(s.Programs, ProgramStatus{Program: p, Pinned: err == nil})
+		}
+		// The cgroup hooks first, as attached; then one sk_lookup per pod, by netns.
+		slices.SortStableFunc(s.Programs, func(a, b ProgramStatus) int {
+			return cmp.Compare(netnsSortKey(a), netnsSortKey(b))
+		})
+		s.Maps, _ = red.MapUsage()
 	}
 	if ok, err := a.signer.state(); err != nil {
 		s.CA.LastError = err.Error()
@@ -73,8 +103,8 @@ func (a *Agent) status() Status {
 	if ok, _ := a.signer.state(); !ok.IsZero() {
 		s.CA.LastOK = &ok
 	}
-	if a.ids != nil {
-		s.Identities = a.ids.Status()
+	if ids := a.identities(); ids != nil {
+		s.Identities = ids.Status()
 		for _, id := range s.Identities {
 			if s.SoonestExpiry == nil || id.NotAfter.Before(*s.SoonestExpiry) {
 				t := id.NotAfter
@@ -82,24 +112,20 @@ func (a *Agent) status() Status {
 			}
 		}
 	}
-	if a.engine != nil {
-		s.Traffic = a.engine.Stats()
+	if e := a.dataPath(); e != nil {
+		s.Traffic = e.Stats()
 	}
 
 	a.mu.Lock()
+	s.TrustDomain = a.td.String()
 	if a.fileErr != nil {
 		s.WorkloadFile.Error = a.fileErr.Error()
 	}
 	for _, p := range a.problems {
 		s.WorkloadFile.Problems = append(s.WorkloadFile.Problems, p.Error())
 	}
-	for _, w := range a.workloads {
-		s.Workloads = append(s.Workloads, w.status())
-	}
 	a.mu.Unlock()
-	sort.Slice(s.Workloads, func(i, j int) bool {
-		return s.Workloads[i].Namespace+"/"+s.Workloads[i].Name < s.Workloads[j].Namespace+"/"+s.Workloads[j].Name
-	})
+	s.Workloads = a.workloadStatuses()
 	return s
 }
 
@@ -118,4 +144,69 @@ func (w *workload) status() WorkloadStatus {
 		ws.Error = w.err.Error()
 	}
 	return ws
+}
+
+func netnsSortKey(p ProgramStatus) string {
+	if p.Name == "sk_lookup" {
+		return "1" + p.AttachTo
+	}
+	return "0"
+}
+
+// CertStatus is the certificate held for one identity; `agentctl certs` prints it.
+type CertStatus struct {
+	Identity    string    `json:"identity"`
+	Serial      string    `json:"serial"`
+	NotBefore   time.Time `json:"notBefore"`
+	NotAfter    time.Time `json:"notAfter"`
+	State       string    `json:"state"`
+	NextRenewal time.Time `json:"nextRenewal"`
+	LastError   string    `json:"lastError,omitempty"`
+}
+
+// Certificate states.
+const (
+	CertValid          = "valid"
+	CertNotYetValid    = "not-yet-valid"
+	CertExpired        = "expired"
+	CertRenewalFailing = "renewal-failing" // still valid, but the last renewal failed
+)
+
+func (a *Agent) certs() []CertStatus {
+	ids := a.identities()
+	if ids == nil {
+		return []CertStatus{}
+	}
+	now := time.Now()
+	out := []CertStatus{}
+	for _, id := range ids.Status() {
+		c := CertStatus{
+			Identity: id.ID, Serial: id.Serial, NotBefore: id.NotBefore, NotAfter: id.NotAfter,
+			NextRenewal: id.NextRenewal, LastError: id.LastError, State: CertValid,
+		}
+		switch {
+		case !now.Before(id.NotAfter):
+			c.State = CertExpired
+		case now.Before(id.NotBefore):
+			c.State = CertNotYetValid
+		case id.LastError != "":
+			c.State = CertRenewalFailing
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// workloadStatuses lists this node's workloads, sorted by namespace/name.
+func (a *Agent) workloadStatuses() []WorkloadStatus {
+	out := []WorkloadStatus{}
+	a.mu.Lock()
+	for _, w := range a.workloads {
+		out = append(out, w.status())
+	}
+	a.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Namespace+"/"+out[i].Name < out[j].Namespace+"/"+out[j].Name
+	})
+	return out
 }

@@ -41,7 +41,9 @@ func (a *Agent) enroll(ctx context.Context, spec workloadfile.Workload, prev err
 	w := &workload{spec: spec, id: spec.ID(a.td)}
 	log := a.log.With().Str(fieldWorkload, key(spec)).Str(fieldIdentity, w.id.String()).Logger()
 	start := time.Now()
-	if err := a.setUp(ctx, w); err != nil {
+	err := a.setUp(ctx, w)
+	a.metrics.enrolled(err == nil, time.Since(start))
+	if err != nil {
 		w.err = err
 		w.stop(log)
 		if prev != nil && prev.Error() == err.Error() {
@@ -166,6 +168,12 @@ func (a *Agent) identityInUse(id spiffeid.ID) bool {
 		}
 	}
 	return false
+}
+
+func (w *workload) isEnrolled() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.enr != nil
 }
 
 func (w *workload) failure() error {

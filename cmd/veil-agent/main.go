@@ -69,7 +69,11 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&cfg.NodeTokenFile, "node-token-file", "", "file holding this node's token for the CA")
 	f.StringSliceVar(&exclude, "exclude", nil, "destination CIDRs never intercepted (repeatable)")
 	f.DurationVar(&cfg.ReloadEvery, "reload-every", 2*time.Second, "how often the workload file is checked for changes")
-	f.StringVar(&logLevel, "log-level", envOr("VEIL_LOG_LEVEL", "info"), "trace, debug, info, warn or error (env VEIL_LOG_LEVEL)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr("VEIL_METRICS_ADDR", agent.DefaultMetricsAddr),
+		"where /metrics, /healthz and /readyz are served; empty turns them off (env VEIL_METRICS_ADDR)")
+	f.BoolVar(&cfg.AccessLog, "access-log", envOr("VEIL_ACCESS_LOG", "") == "true",
+		"log one info line per closed connection (env VEIL_ACCESS_LOG=true)")
+	f.StringVar(&logLevel, "log-level", envOr("VEIL_LOG_LEVEL", "info"), "trace, debug, info, warn or error; agentctl log-level changes it at run time (env VEIL_LOG_LEVEL)")
 	f.StringVar(&logFormat, "log-format", envOr("VEIL_LOG_FORMAT", ""), "json or console; default console on a terminal, json otherwise (env VEIL_LOG_FORMAT)")
 	return cmd
 }
