@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,29 +14,29 @@ import (
 func newStatusCmd(o *options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Programs, workloads, identities, CA and traffic of this node",
+		Short: "Readiness, programs, workloads, certificates, CA and traffic of this node",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.checkOutput(); err != nil {
-				return err
-			}
 			var s agent.Status
 			if err := o.get(cmd.Context(), agent.StatusPath, &s); err != nil {
 				return err
 			}
-			if o.output == "json" {
-				return printJSON(cmd.OutOrStdout(), s)
-			}
-			return printStatus(cmd.OutOrStdout(), s)
+			return o.print(cmd.OutOrStdout(), s, func(w io.Writer) error { return printStatus(w, s) })
 		},
 	}
 }
 
 func printStatus(out io.Writer, s agent.Status) error {
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	w := newTable(out)
 	fmt.Fprintf(w, "Node:\t%s\n", s.Node)
 	fmt.Fprintf(w, "Version:\t%s\n", s.Version)
 	fmt.Fprintf(w, "Uptime:\t%s\n", s.Uptime)
+	ready := "yes"
+	if !s.Ready {
+		ready = "NO: " + strings.ReplaceAll(s.NotReady, "\n", "; ")
+	}
+	fmt.Fprintf(w, "Ready:\t%s\n", ready)
+	fmt.Fprintf(w, "Log level:\t%s\n", s.LogLevel)
 	fmt.Fprintf(w, "Trust domain:\t%s\n", s.TrustDomain)
 	ca := "reachable"
 	if !s.CA.Reachable {
@@ -58,48 +57,42 @@ func printStatus(out io.Writer, s agent.Status) error {
 		}
 	}
 	if len(missing) == 0 {
-		fmt.Fprintf(w, "Kernel features:\tall present\n")
+		fmt.Fprintf(w, "Kernel features:\tall %d present\n", len(s.Features))
 	} else {
 		fmt.Fprintf(w, "Kernel features:\tMISSING %s\n", strings.Join(missing, ", "))
 	}
 	w.Flush()
 
 	fmt.Fprintln(out, "\nPrograms:")
-	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	w = newTable(out)
 	fmt.Fprintln(w, "  NAME\tTYPE\tID\tATTACHED TO\tPINNED AT")
 	for _, p := range s.Programs {
-		fmt.Fprintf(w, "  %s\t%s\t%d\t%s\t%s\n", p.Name, p.Type, p.ID, p.AttachTo, p.Pin)
+		pin := p.Pin
+		if !p.Pinned {
+			pin = "NOT PINNED " + pin
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%d\t%s\t%s\n", p.Name, p.Type, p.ID, p.AttachTo, pin)
 	}
 	w.Flush()
 
+	if len(s.Maps) > 0 {
+		fmt.Fprintln(out, "\nBPF maps:")
+		w = newTable(out)
+		fmt.Fprintln(w, "  NAME\tENTRIES\tMAX")
+		for _, m := range s.Maps {
+			fmt.Fprintf(w, "  %s\t%d\t%d\n", m.Name, m.Entries, m.MaxEntries)
+		}
+		w.Flush()
+	}
+
 	fmt.Fprintln(out, "\nWorkloads:")
-	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "  WORKLOAD\tIPS\tIDENTITY\tENROLLED\tCERT EXPIRES")
-	expiry := map[string]time.Time{}
-	for _, id := range s.Identities {
-		expiry[id.ID] = id.NotAfter
+	if err := printWorkloads(out, s.Workloads, s.Identities, "  "); err != nil {
+		return err
 	}
-	for _, wl := range s.Workloads {
-		state := "yes"
-		if !wl.Enrolled {
-			state = "NO: " + wl.Error
-		}
-		exp := "-"
-		if t, ok := expiry[wl.Identity]; ok {
-			exp = t.Format(time.RFC3339)
-		}
-		ips := make([]string, len(wl.IPs))
-		for i, ip := range wl.IPs {
-			ips[i] = ip.String()
-		}
-		fmt.Fprintf(w, "  %s/%s\t%s\t%s\t%s\t%s\n", wl.Namespace, wl.Name, strings.Join(ips, ","),
-			wl.Identity, state, exp)
-	}
-	w.Flush()
 
 	if len(t.Peers) > 0 {
 		fmt.Fprintln(out, "\nPeers (verified identities, connections since start):")
-		w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		w = newTable(out)
 		fmt.Fprintln(w, "  WORKLOAD\tDIRECTION\tPEER\tCONNECTIONS")
 		for _, p := range t.Peers {
 			fmt.Fprintf(w, "  %s\t%s\t%s\t%d\n", p.Workload, p.Direction, p.Peer, p.Connections)
