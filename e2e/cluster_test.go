@@ -205,9 +205,11 @@ func (c *cluster) status(t *testing.T, node string) agent.Status {
 
 // connection is the part of the admin API's live connection record the tests check.
 type connection struct {
-	Direction    string `json:"direction"`
-	PeerIdentity string `json:"peer"`
-	Remote       string `json:"remote"`
+	Direction     string `json:"direction"`
+	PeerIdentity  string `json:"peer"`
+	Remote        string `json:"remote"`
+	BytesSent     uint64 `json:"bytesSent"`
+	BytesReceived uint64 `json:"bytesReceived"`
 }
 
 // connections lists a node's live connections through agentctl.

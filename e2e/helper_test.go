@@ -184,6 +184,12 @@ func helper(args []string) error {
 		return nil
 	case "read-one":
 		c, err := dial(addr)
+		if errors.Is(err, syscall.ECONNRESET) {
+			// The agent accepted and reset before this process got back from connect():
+			// on a busy machine that is as quick as a refused destination can fail.
+			fmt.Println(`reset "" during connect`)
+			return nil
+		}
 		if err != nil {
 			fmt.Println("dial-error", err)
 			return nil
