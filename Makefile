@@ -40,7 +40,7 @@ demo: deps build ## run the two-node demo and prove the wire carries no plaintex
 vet:
 	$(GO) vet ./...
 
-test: deps build vet ## go vet, then every test; privileged tests run when root
+test: deps build lint ## gofmt and go vet, then every test; privileged tests run when root
 	$(GO) test -count=1 -timeout 30m ./...
 
 lint: vet ## gofmt must list nothing, and go vet must pass

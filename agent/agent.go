@@ -62,7 +62,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 
 	red, err := redirect.Load(redirect.Config{
-		Cgroup: cfg.Cgroup, PinDir: cfg.PinDir, Mark: cfg.Mark,
+		Cgroup: cfg.Cgroup, PinDir: cfg.PinDir, Mark: cfg.Mark, DeliveryMark: cfg.DeliveryMark,
 		HBONEPort: cfg.HBONEPort, Exclude: cfg.Exclude,
 	})
 	if err != nil {

@@ -15,6 +15,9 @@ const (
 	// DefaultMark is the SO_MARK on the agent's own sockets, which the connect hooks
 	// skip. It only has to differ from marks other software on the node uses.
 	DefaultMark = 0x5a11
+	// DefaultDeliveryMark marks the agent's deliveries to applications, which carry the
+	// client's address and need the pod's delivery route to get their replies back.
+	DefaultDeliveryMark = DefaultMark + 1
 )
 
 // Config is everything the agent needs to run on one node.
@@ -32,6 +35,7 @@ type Config struct {
 	NodeTokenFile string
 
 	Mark         uint32
+	DeliveryMark uint32
 	OutboundPort uint16
 	InboundPort  uint16
 	HBONEPort    uint16
@@ -54,6 +58,9 @@ const DefaultMetricsAddr = ":15020"
 func (c *Config) setDefaults() {
 	if c.Mark == 0 {
 		c.Mark = DefaultMark
+	}
+	if c.DeliveryMark == 0 {
+		c.DeliveryMark = DefaultDeliveryMark
 	}
 	if c.OutboundPort == 0 {
 		c.OutboundPort = DefaultOutboundPort

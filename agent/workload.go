@@ -32,6 +32,7 @@ type workload struct {
 	ns        *redirect.Netns
 	listeners []*net.TCPListener
 	enr       *redirect.Enrollment
+	tw        *tlsengine.Workload // what the engine serves; kept to Forget it
 }
 
 // enroll sets the workload up. A failure is recorded on the workload and logged with
@@ -70,6 +71,9 @@ func (a *Agent) setUp(ctx context.Context, w *workload) error {
 		return fmt.Errorf("%w; check that the pod exists and the workload file's netns path is right", err)
 	}
 	w.ns = ns
+	if err := redirect.PrepareNetns(ns, a.cfg.DeliveryMark); err != nil {
+		return err
+	}
 
 	// The identity comes first: without it no connection could be served, and enrolling
 	// would only turn the pod's traffic into failures.
@@ -109,6 +113,7 @@ func (a *Agent) setUp(ctx context.Context, w *workload) error {
 			return ns.Dial(ctx, dst, redirect.DialOptions{Mark: a.cfg.Mark})
 		},
 	}
+	w.tw = tw
 	orig := func(c net.Conn) (netip.AddrPort, error) { return a.red.OriginalDstOf(ns, c) }
 	go a.serve(w, "outbound", func() error { return a.engine.ServeOutbound(out, tw, orig) })
 	go a.serve(w, "hbone", func() error { return a.engine.ServeHBONE(hbone, tw) })
@@ -120,22 +125,29 @@ func (a *Agent) setUp(ctx context.Context, w *workload) error {
 	return err
 }
 
-// appDialer delivers to the application from the pod's own address, exempted from
-// sk_lookup for the length of the handshake so it is not handed back to the agent.
-func (a *Agent) appDialer(ns *redirect.Netns, ips []netip.Addr) func(context.Context, netip.AddrPort) (net.Conn, error) {
-	return func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
-		src := dst.Addr()
-		for _, ip := range ips {
-			if ip.Is4() == dst.Addr().Is4() {
-				src = ip
-				break
+// appDialer delivers to the application from the client's own address, so that the
+// application's getpeername() sees the client (see redirect.PrepareNetns), exempted from
+// sk_lookup for the length of the handshake so it is not handed back to the agent. A
+// client of the other address family than the app is delivered from the pod's own
+// address of the app's family.
+func (a *Agent) appDialer(ns *redirect.Netns, ips []netip.Addr) func(context.Context, netip.Addr, netip.AddrPort) (net.Conn, error) {
+	return func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+		src = src.Unmap()
+		if !src.IsValid() || src.Is4() != dst.Addr().Is4() {
+			src = dst.Addr()
+			for _, ip := range ips {
+				if ip.Is4() == dst.Addr().Is4() {
+					src = ip
+					break
+				}
 			}
 		}
 		ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 		defer cancel()
 		return ns.Dial(ctx, dst, redirect.DialOptions{
-			Mark:  a.cfg.Mark,
-			Local: netip.AddrPortFrom(src, 0),
+			Mark:        a.cfg.DeliveryMark,
+			Transparent: true,
+			Local:       netip.AddrPortFrom(src, 0),
 			BeforeConnect: func(local netip.AddrPort) (func(), error) {
 				return a.red.Exempt(local, dst)
 			},
@@ -153,6 +165,9 @@ func (a *Agent) serve(w *workload, what string, fn func() error) {
 func (a *Agent) unenroll(w *workload) {
 	log := a.log.With().Str(fieldWorkload, key(w.spec)).Str(fieldIdentity, w.id.String()).Logger()
 	w.stop(log)
+	if w.tw != nil {
+		a.engine.Forget(w.tw)
+	}
 	if !a.identityInUse(w.id) {
 		a.ids.Release(w.id)
 	}

@@ -73,3 +73,20 @@ func TestUDPUntouched(t *testing.T) {
 			before1.Counters, after1.Counters, before2.Counters, after2.Counters)
 	}
 }
+
+// The application sees its client's own address from getpeername(): across nodes and on
+// one node through the mesh, and for a client outside the mesh arriving in plaintext.
+func TestAppSeesTheClientsAddress(t *testing.T) {
+	c := getCluster(t)
+	for i, tc := range []struct{ client, server string }{
+		{"client", "server"},  // mesh, across nodes
+		{"client", "client2"}, // mesh, same node
+		{"plain1", "server"},  // outside the mesh, plaintext inbound
+	} {
+		dst := fmt.Sprintf("%s:%d", c.ip(t, tc.server), 7800+i)
+		c.server(t, tc.server, "whoami", dst)
+		if got, want := c.run(t, tc.client, "recvtext", dst), c.ip(t, tc.client); got != want {
+			t.Errorf("%s -> %s: the app saw its client as %q, want %s", tc.client, tc.server, got, want)
+		}
+	}
+}

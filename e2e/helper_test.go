@@ -30,6 +30,9 @@ import (
 //	sendtext ADDR T N    connect, send text T N times, half-close, print the reply
 //	hold ADDR            connect, send "hi", print "connected", wait for stdin to close
 //	read-one ADDR        connect, read until error, print "eof" or "reset" and the bytes
+//	whoami ADDR          accept one conn, send back the client's address as the app sees
+//	                     it (getpeername), then close
+//	recvtext ADDR        connect, read to EOF, print what arrived
 //	udp-echo ADDR        answer one UDP datagram with the same bytes, then exit
 //	udp-ping ADDR T      send T in a UDP datagram, print the answer
 //	garbage ADDR         connect, send bytes that are not TLS, print "closed" once the
@@ -50,7 +53,7 @@ func helper(args []string) error {
 	}
 	mode, addr := args[0], args[1]
 	switch mode {
-	case "sink", "source", "reset":
+	case "sink", "source", "reset", "whoami":
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return err
@@ -68,6 +71,9 @@ func helper(args []string) error {
 				return err
 			}
 			_, err = fmt.Fprintf(c, "%s\n", hex.EncodeToString(h.Sum(nil)))
+			return err
+		case "whoami":
+			_, err := fmt.Fprintln(c, c.RemoteAddr().(*net.TCPAddr).IP)
 			return err
 		case "source":
 			n, seed := atoi(args[2]), atoi(args[3])
@@ -137,6 +143,18 @@ func helper(args []string) error {
 			return err
 		}
 		fmt.Println(hex.EncodeToString(h.Sum(nil)))
+		return nil
+	case "recvtext":
+		c, err := dial(addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		b, err := io.ReadAll(c)
+		if err != nil {
+			return err
+		}
+		fmt.Print(string(b))
 		return nil
 	case "udp-echo":
 		pc, err := net.ListenPacket("udp", addr)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -298,4 +299,24 @@ func TestTransparentDeliveryShowsClientAddress(t *testing.T) {
 
 func addrOf(a net.Addr) netip.Addr {
 	return netip.MustParseAddrPort(a.String()).Addr().Unmap()
+}
+
+// A delivery to a port nobody listens on is refused at once, as a direct connection
+// would be, rather than timing out: the RST must come back to the agent too.
+func TestTransparentDeliveryRefusedAtOnce(t *testing.T) {
+	f := newFixture(t)
+	const deliveryMark = testMark + 1
+	if err := redirect.PrepareNetns(f.podNS, deliveryMark); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	dst := netip.AddrPortFrom(podIP, 8081)
+	_, err := f.podNS.Dial(ctx, dst, redirect.DialOptions{
+		Mark: deliveryMark, Transparent: true, Local: netip.AddrPortFrom(netip.MustParseAddr("10.77.0.5"), 0),
+		BeforeConnect: func(local netip.AddrPort) (func(), error) { return f.r.Exempt(local, dst) },
+	})
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("delivery to a closed port: %v, want connection refused", err)
+	}
 }

@@ -28,6 +28,9 @@ const DeliveryTable = 0x5a1
 //   - net.ipv4.tcp_fwmark_accept=1 makes a socket the application accepts carry the mark
 //     of the SYN that created it, so every reply packet has deliveryMark (sockets of
 //     clients that are not the agent have no mark and are not affected);
+//   - net.ipv4.fwmark_reflect=1 (and IPv6's) does the same for the replies the kernel
+//     sends without a socket, such as the RST for a port nobody listens on; without it
+//     the agent would wait for a refusal that went out of eth0;
 //   - a rule "fwmark deliveryMark lookup DeliveryTable" with "local default dev lo" in
 //     that table delivers those packets locally, where TCP finds the agent's socket.
 //
@@ -36,8 +39,14 @@ const DeliveryTable = 0x5a1
 func PrepareNetns(n *Netns, deliveryMark uint32) error {
 	return n.Do(func() error {
 		// /proc/sys/net resolves to the network namespace of the thread that opens it.
-		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_fwmark_accept", []byte("1"), 0); err != nil {
-			return fmt.Errorf("setting tcp_fwmark_accept in netns %s: %w", n.path, err)
+		sysctls := []string{"net/ipv4/tcp_fwmark_accept", "net/ipv4/fwmark_reflect"}
+		if ipv6Enabled() {
+			sysctls = append(sysctls, "net/ipv6/fwmark_reflect")
+		}
+		for _, name := range sysctls {
+			if err := os.WriteFile("/proc/sys/"+name, []byte("1"), 0); err != nil {
+				return fmt.Errorf("setting %s in netns %s: %w", name, n.path, err)
+			}
 		}
 		h, err := netlink.NewHandleAt(netns.None())
 		if err != nil {

@@ -29,9 +29,10 @@ type Workload struct {
 	ID   spiffeid.ID
 	IPs  []netip.Addr
 	SVID x509svid.Source // current SVID of this workload (rotates underneath)
-	// DialApp connects to the application inside the workload's netns (delivery); the
+	// DialApp connects to the application inside the workload's netns (delivery) on
+	// behalf of the client at src, so that the application sees src as its peer; the
 	// agent arranges that it is not intercepted again.
-	DialApp func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+	DialApp func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
 	// DialOut opens a TCP connection from inside the workload's netns, marked so the
 	// interception hooks skip it (HBONE to a peer's :15008, or passthrough to non-mesh).
 	DialOut func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)

@@ -91,6 +91,7 @@ type meshOpts struct {
 	serverDialTimeout  time.Duration
 	// dialApp replaces the server's delivery dial.
 	dialApp func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+
 	// clientObs and serverObs observe the two engines.
 	clientObs, serverObs Observer
 	// maxStreams and poolIdle configure the client's connection pool.
@@ -112,12 +113,19 @@ type testMesh struct {
 	orig           origTable
 	outAddr        string
 	hboneAddr      string
-	dials          atomic.Int32 // the server's delivery dials
+	dials          atomic.Int32               // the server's delivery dials
+	lastSrc        atomic.Pointer[netip.Addr] // the client address of the last one
 }
 
 func dialTCP(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", dst.String())
+}
+
+// dialAppTCP delivers from wherever the kernel picks: tests on loopback have no other
+// addresses to deliver from.
+func dialAppTCP(ctx context.Context, _ netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	return dialTCP(ctx, dst)
 }
 
 func newMesh(t testing.TB, o meshOpts) *testMesh {
@@ -140,15 +148,16 @@ func newMesh(t testing.TB, o meshOpts) *testMesh {
 
 	m.b = &Workload{
 		ID: idB, IPs: []netip.Addr{loopback}, SVID: m.ca.issue(o.serverID),
-		DialApp: func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+		DialApp: func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 			m.dials.Add(1)
+			m.lastSrc.Store(&src)
 			return o.dialApp(ctx, dst)
 		},
 		DialOut: dialTCP,
 	}
 	m.a = &Workload{
 		ID: idA, IPs: []netip.Addr{loopback}, SVID: m.ca.issue(o.clientID),
-		DialApp: dialTCP, DialOut: dialTCP,
+		DialApp: dialAppTCP, DialOut: dialTCP,
 	}
 
 	hbonePort := addrPortOf(hboneLn.Addr()).Port()

@@ -108,7 +108,10 @@ func (sc *h2Conn) serveStream(st *h2Stream, req connectRequest) {
 	}
 
 	ctx, cancel := context.WithTimeout(st.ctx, sc.e.dialTimeout)
-	app, err := sc.w.DialApp(ctx, dst)
+	// The HBONE connection comes from the client pod's own namespace, so its source is
+	// the client's address; the Forwarded header is only logged, as a peer could put
+	// anything there.
+	app, err := sc.w.DialApp(ctx, sc.remote.Addr(), dst)
 	cancel()
 	if err != nil {
 		sc.refuse(st, log, dialFailureStatus(err), fmt.Errorf("dialing app: %w", err))

@@ -35,6 +35,19 @@ func sendAndClose(c *net.TCPConn, b []byte) <-chan error {
 	return done
 }
 
+func TestHBONEDeliversForTheClientsAddress(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = c.Write([]byte("ok")) })
+	if got, err := io.ReadAll(m.dial(app.addr)); err != nil || string(got) != "ok" {
+		t.Fatalf("tunnel: %q %v", got, err)
+	}
+	// The client engine dials HBONE from the client's address (loopback here), and
+	// that is the address the server asks its delivery to come from.
+	if src := m.lastSrc.Load(); src == nil || *src != loopback {
+		t.Fatalf("delivery for %v, want the HBONE connection's source %s", src, loopback)
+	}
+}
+
 func TestHBONETransferBothWays(t *testing.T) {
 	m := newMesh(t, meshOpts{})
 	const size = 8 << 20
@@ -408,12 +421,13 @@ func TestInboundPlaintext(t *testing.T) {
 	})
 	ln := listen(t, "127.0.0.1:0")
 	var delivered netip.AddrPort
+	var from netip.Addr
 	w := &Workload{
 		ID: idB, IPs: []netip.Addr{loopback},
 		// The listener's own address stands in for the app's: in a pod they are the same
 		// address and sk_lookup tells them apart.
-		DialApp: func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
-			delivered = dst
+		DialApp: func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+			delivered, from = dst, src
 			return dialTCP(ctx, app.addr)
 		},
 	}
@@ -436,6 +450,9 @@ func TestInboundPlaintext(t *testing.T) {
 	}
 	if want := addrPortOf(ln.Addr()); delivered != want {
 		t.Errorf("delivered to %s, want the connection's local address %s", delivered, want)
+	}
+	if want := addrPortOf(c.LocalAddr()).Addr(); from != want {
+		t.Errorf("delivered for %s, want the client's address %s", from, want)
 	}
 	want := Counters{Opened: 1, Closed: 1, BytesSent: 8, BytesReceived: 2}
 	waitCounters(t, e, InboundPlaintext, want, true)

@@ -18,7 +18,7 @@ func (e *Engine) inboundPlaintext(c net.Conn, w *Workload) {
 	src, dst := addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())
 	log := e.connLog(w, InboundPlaintext, src, dst)
 
-	app, err := e.dialLocal(w, dst)
+	app, err := e.dialLocal(w, src.Addr(), dst)
 	if err != nil {
 		e.failed(InboundPlaintext)
 		log.Debug().Err(err).Msg("delivery failed")
@@ -32,15 +32,15 @@ func (e *Engine) inboundPlaintext(c net.Conn, w *Workload) {
 	t.done(relayConns(app, c, t))
 }
 
-// dialLocal connects to w's app at dst, which must be one of w's addresses: the engine
-// delivers only to the workload whose listener took the connection.
-func (e *Engine) dialLocal(w *Workload, dst netip.AddrPort) (net.Conn, error) {
+// dialLocal connects to w's app at dst for the client at src. dst must be one of w's
+// addresses: the engine delivers only to the workload whose listener took the connection.
+func (e *Engine) dialLocal(w *Workload, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	if !w.isLocal(dst.Addr()) {
 		return nil, fmt.Errorf("%w: %s", ErrNotLocal, dst)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout)
 	defer cancel()
-	app, err := w.DialApp(ctx, dst)
+	app, err := w.DialApp(ctx, src, dst)
 	if err != nil {
 		return nil, fmt.Errorf("dialing app %s: %w", dst, err)
 	}
