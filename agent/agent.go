@@ -28,6 +28,8 @@ type Agent struct {
 
 	signer *trackedSigner
 	peers  *peerTable
+	// namespaces are the workload file's per-namespace settings, read per connection.
+	namespaces atomic.Pointer[map[string]workloadfile.Namespace]
 
 	// attached and fileRead feed readiness: the programs are attached, the workload file
 	// has been read at least once.
@@ -249,6 +251,7 @@ func (a *Agent) apply(ctx context.Context, f *workloadfile.File, problems []erro
 		a.errorEvent(p, "workload left out").Str(fieldFile, a.cfg.WorkloadFile).Msg("workload left out")
 	}
 	a.peers.replace(f)
+	a.namespaces.Store(&f.Namespaces)
 
 	want := map[string]workloadfile.Workload{}
 	for _, w := range f.Workloads {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -84,22 +85,7 @@ func (a *Agent) setUp(ctx context.Context, w *workload) error {
 		return fmt.Errorf("obtaining identity %s: %w", w.id, err)
 	}
 
-	listen := func(addr netip.AddrPort) (*net.TCPListener, error) {
-		ln, err := ns.Listen(addr)
-		if err == nil {
-			w.listeners = append(w.listeners, ln)
-		}
-		return ln, err
-	}
-	out, err := listen(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), a.cfg.OutboundPort))
-	if err != nil {
-		return err
-	}
-	hbone, err := listen(netip.AddrPortFrom(netip.IPv4Unspecified(), a.cfg.HBONEPort))
-	if err != nil {
-		return err
-	}
-	in, err := listen(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), a.cfg.InboundPort))
+	ls, err := a.listen(w, ns)
 	if err != nil {
 		return err
 	}
@@ -113,16 +99,93 @@ func (a *Agent) setUp(ctx context.Context, w *workload) error {
 			return ns.Dial(ctx, dst, redirect.DialOptions{Mark: a.cfg.Mark})
 		},
 	}
+	namespace := spec.Namespace
+	tw.RefuseOutsideMesh = func() bool {
+		settings := a.namespaces.Load()
+		return settings != nil && (*settings)[namespace].RefuseOutsideMesh
+	}
 	w.tw = tw
 	orig := func(c net.Conn) (netip.AddrPort, error) { return a.red.OriginalDstOf(ns, c) }
-	go a.serve(w, "outbound", func() error { return a.engine.ServeOutbound(out, tw, orig) })
-	go a.serve(w, "hbone", func() error { return a.engine.ServeHBONE(hbone, tw) })
-	go a.serve(w, "inbound", func() error { return a.engine.ServeInbound(in, tw) })
+	for _, ln := range ls.outbound {
+		go a.serve(w, "outbound", func() error { return a.engine.ServeOutbound(ln, tw, orig) })
+	}
+	for _, ln := range ls.hbone {
+		go a.serve(w, "hbone", func() error { return a.engine.ServeHBONE(ln, tw) })
+	}
+	for _, ln := range ls.inbound {
+		go a.serve(w, "inbound", func() error { return a.engine.ServeInbound(ln, tw) })
+	}
 
 	w.enr, err = a.red.Enroll(ns, redirect.Listeners{
-		OutboundPort: a.cfg.OutboundPort, HBONE: hbone, Inbound: in, Addrs: spec.IPs,
+		OutboundPort: a.cfg.OutboundPort, Addrs: spec.IPs,
+		HBONE: ls.hbone[0], Inbound: ls.inbound[0], HBONE6: ls.hbone6(), Inbound6: ls.inbound6(),
 	})
 	return err
+}
+
+// podListeners are a workload's listeners, IPv4 first in each list.
+type podListeners struct {
+	outbound, hbone, inbound []*net.TCPListener
+}
+
+func (l podListeners) hbone6() syscall.Conn   { return second(l.hbone) }
+func (l podListeners) inbound6() syscall.Conn { return second(l.inbound) }
+
+func second(lns []*net.TCPListener) syscall.Conn {
+	if len(lns) < 2 {
+		return nil // a nil *TCPListener in the interface would not compare equal to nil
+	}
+	return lns[1]
+}
+
+// listen opens the agent's listeners in the pod's namespace. IPv4 always; IPv6 where the
+// namespace has it: the outbound listener on ::1 whenever IPv6 is enabled, since apps
+// with IPv6 sockets are steered there even to IPv4-mapped destinations, and the HBONE
+// and inbound listeners when the pod has an IPv6 address for them to serve.
+func (a *Agent) listen(w *workload, ns *redirect.Netns) (podListeners, error) {
+	var ls podListeners
+	open := func(list *[]*net.TCPListener, ip netip.Addr, port uint16) error {
+		ln, err := ns.Listen(netip.AddrPortFrom(ip, port))
+		if err != nil {
+			return err
+		}
+		w.listeners = append(w.listeners, ln)
+		*list = append(*list, ln)
+		return nil
+	}
+	v4loop, v6loop := netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
+	if err := open(&ls.outbound, v4loop, a.cfg.OutboundPort); err != nil {
+		return ls, err
+	}
+	if err := open(&ls.hbone, netip.IPv4Unspecified(), a.cfg.HBONEPort); err != nil {
+		return ls, err
+	}
+	if err := open(&ls.inbound, v4loop, a.cfg.InboundPort); err != nil {
+		return ls, err
+	}
+
+	if err := open(&ls.outbound, v6loop, a.cfg.OutboundPort); err != nil {
+		if hasIPv6(w.spec.IPs) {
+			return ls, fmt.Errorf("the pod has an IPv6 address but its netns no IPv6: %w", err)
+		}
+		return ls, nil // IPv6 is disabled in this pod: IPv4 is all there is
+	}
+	if !hasIPv6(w.spec.IPs) {
+		return ls, nil
+	}
+	if err := open(&ls.hbone, netip.IPv6Unspecified(), a.cfg.HBONEPort); err != nil {
+		return ls, err
+	}
+	return ls, open(&ls.inbound, v6loop, a.cfg.InboundPort)
+}
+
+func hasIPv6(ips []netip.Addr) bool {
+	for _, ip := range ips {
+		if !ip.Is4() {
+			return true
+		}
+	}
+	return false
 }
 
 // appDialer delivers to the application from the client's own address, so that the

@@ -27,8 +27,10 @@ type Listeners struct {
 	// OutboundPort is the loopback port the connect hooks send the pod's connections to.
 	OutboundPort uint16
 	// HBONE receives mTLS from other agents; Inbound receives plaintext from outside the
-	// mesh. Both must be listening TCP sockets created in the namespace.
-	HBONE, Inbound syscall.Conn
+	// mesh. Both must be listening TCP sockets created in the namespace, for the pod's
+	// IPv4 addresses. HBONE6 and Inbound6 are the same for its IPv6 addresses, nil when
+	// it has none: sk_lookup can hand a connection only to a socket of its own family.
+	HBONE, Inbound, HBONE6, Inbound6 syscall.Conn
 	// Addrs are the pod's addresses. sk_lookup cannot learn which namespace it runs in,
 	// so it finds a pod's listeners by the destination address of the connection.
 	Addrs []netip.Addr
@@ -51,9 +53,17 @@ func (r *Redirector) Enroll(ns *Netns, ls Listeners) (*Enrollment, error) {
 		return nil, fmt.Errorf("enrolling netns %s: the pod has no addresses", ns.Path())
 	}
 	for _, a := range ls.Addrs {
-		err := r.putListener(a, kindHBONE, ls.HBONE)
+		hbone, inbound := ls.HBONE, ls.Inbound
+		if !a.Is4() {
+			hbone, inbound = ls.HBONE6, ls.Inbound6
+		}
+		if hbone == nil || inbound == nil {
+			r.dropListeners(ls.Addrs)
+			return nil, fmt.Errorf("enrolling netns %s: no listeners for %s", ns.Path(), a)
+		}
+		err := r.putListener(a, kindHBONE, hbone)
 		if err == nil {
-			err = r.putListener(a, kindInbound, ls.Inbound)
+			err = r.putListener(a, kindInbound, inbound)
 		}
 		if err == nil {
 			err = r.objs.PodAddrs.Update(toBPF(a), uint8(1), ebpf.UpdateAny)

@@ -101,14 +101,19 @@ func (n *Netns) socket(family, typ int) (int, error) {
 }
 
 // Listen opens a TCP listener on addr inside the namespace. Multipath TCP is turned off:
-// an MPTCP socket cannot be put in a SOCKHASH, which sk_lookup needs.
+// an MPTCP socket cannot be put in a SOCKHASH, which sk_lookup needs. An IPv6 listener
+// takes IPv6 only, so that a wildcard one can sit beside its IPv4 twin on the same port.
 func (n *Netns) Listen(addr netip.AddrPort) (*net.TCPListener, error) {
+	network := "tcp4"
+	if !addr.Addr().Is4() {
+		network = "tcp6"
+	}
 	var ln net.Listener
 	err := n.Do(func() error {
 		var lc net.ListenConfig
 		lc.SetMultipathTCP(false)
 		var err error
-		ln, err = lc.Listen(context.Background(), "tcp", addr.String())
+		ln, err = lc.Listen(context.Background(), network, addr.String())
 		return err
 	})
 	if err != nil {

@@ -36,6 +36,10 @@ type Workload struct {
 	// DialOut opens a TCP connection from inside the workload's netns, marked so the
 	// interception hooks skip it (HBONE to a peer's :15008, or passthrough to non-mesh).
 	DialOut func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+	// RefuseOutsideMesh, asked on each connection to a destination that is not in the
+	// mesh, says whether to refuse it (the app sees a reset) instead of passing it
+	// through in plaintext. nil passes everything through.
+	RefuseOutsideMesh func() bool
 }
 
 // Peers tells the identity expected at a destination IP; an IP it does not know is not

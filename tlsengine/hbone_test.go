@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -403,6 +404,21 @@ func TestPassthroughToNonMesh(t *testing.T) {
 	waitCounters(t, m.client, Outbound, Counters{}, true)
 	if n := m.dials.Load(); n != 0 {
 		t.Errorf("a passthrough connection reached the HBONE server")
+	}
+}
+
+func TestOutsideMeshRefusedWhenConfigured(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	m.a.RefuseOutsideMesh = func() bool { return true }
+	app := startApp(t, "127.0.0.2:0", func(c *net.TCPConn) { _, _ = c.Write([]byte("plain")) })
+
+	expectReset(t, m.dial(app.addr))
+	if n := app.accepted.Load(); n != 0 {
+		t.Fatalf("the destination outside the mesh got %d connections, want 0", n)
+	}
+	waitCounters(t, m.client, Passthrough, Counters{Failed: 1}, true)
+	if !strings.Contains(m.clientLogs.String(), "destination outside the mesh refused") {
+		t.Errorf("no log line for the refusal:\n%s", m.clientLogs)
 	}
 }
 

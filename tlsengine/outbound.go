@@ -33,6 +33,13 @@ func (e *Engine) outbound(app net.Conn, w *Workload, orig OriginalDst) {
 			return
 		}
 	}
+	if w.RefuseOutsideMesh != nil && w.RefuseOutsideMesh() {
+		e.failed(Passthrough)
+		e.rejectLog.Info().Stringer(logKeyWorkload, w.ID).Stringer(logKeySrc, src).
+			Stringer(logKeyDst, dst).Msg("destination outside the mesh refused")
+		reset(app)
+		return
+	}
 	e.passthrough(app, w, src, dst)
 }
 

@@ -130,3 +130,32 @@ func checkIPsFree(w Workload, owners map[netip.Addr]string) error {
 	}
 	return nil
 }
+
+// parseNamespaces checks the namespaces section. A mistake there changes what many pods
+// may reach, so it makes the whole file unusable rather than being skipped.
+func parseNamespaces(raw []rawNamespace, list *yaml.Node) (map[string]Namespace, error) {
+	out := make(map[string]Namespace, len(raw))
+	for i, rn := range raw {
+		line := 0
+		if i < len(list.Content) {
+			line = list.Content[i].Line
+		}
+		if rn.Name == "" {
+			return nil, fmt.Errorf("line %d: namespace entry without a name; add name: <namespace>", line)
+		}
+		if _, dup := out[rn.Name]; dup {
+			return nil, fmt.Errorf("line %d: namespace %q is listed twice; merge the entries", line, rn.Name)
+		}
+		var ns Namespace
+		switch rn.OutsideMesh {
+		case "", OutsideMeshPassthrough:
+		case OutsideMeshRefuse:
+			ns.RefuseOutsideMesh = true
+		default:
+			return nil, fmt.Errorf("line %d: namespace %q: outsideMesh %q is not %s or %s",
+				line, rn.Name, rn.OutsideMesh, OutsideMeshPassthrough, OutsideMeshRefuse)
+		}
+		out[rn.Name] = ns
+	}
+	return out, nil
+}

@@ -41,13 +41,37 @@ func (w Workload) ID(td spiffeid.TrustDomain) spiffeid.ID {
 type File struct {
 	TrustDomain spiffeid.TrustDomain
 	Workloads   []Workload
+	// Namespaces holds settings per Kubernetes namespace; one not listed has the
+	// defaults.
+	Namespaces map[string]Namespace
 }
+
+// Namespace is what the file says about one namespace's pods.
+type Namespace struct {
+	// RefuseOutsideMesh makes the agent refuse the pods' connections to destinations
+	// that are not mesh workloads, instead of passing them through in plaintext from the
+	// pod's own address, which is the default: a pod that talks to a database outside
+	// the cluster keeps working when it joins the mesh.
+	RefuseOutsideMesh bool
+}
+
+// Values of a namespace's outsideMesh field.
+const (
+	OutsideMeshPassthrough = "passthrough"
+	OutsideMeshRefuse      = "refuse"
+)
 
 // rawFile and rawWorkload mirror the YAML; decoding into them with KnownFields(true) is
 // what turns an unknown key into an error.
 type rawFile struct {
-	TrustDomain string        `yaml:"trustDomain"`
-	Workloads   []rawWorkload `yaml:"workloads"`
+	TrustDomain string         `yaml:"trustDomain"`
+	Workloads   []rawWorkload  `yaml:"workloads"`
+	Namespaces  []rawNamespace `yaml:"namespaces"`
+}
+
+type rawNamespace struct {
+	Name        string `yaml:"name"`
+	OutsideMesh string `yaml:"outsideMesh"`
 }
 
 type rawWorkload struct {
@@ -60,8 +84,9 @@ type rawWorkload struct {
 }
 
 const (
-	workloadFields = "name, namespace, serviceAccount, node, ips, netns"
-	fileFields     = "trustDomain, workloads"
+	workloadFields  = "name, namespace, serviceAccount, node, ips, netns"
+	namespaceFields = "name, outsideMesh"
+	fileFields      = "trustDomain, workloads, namespaces"
 )
 
 // Load reads and parses the workload file at path; see Parse. Every error names path.
@@ -111,6 +136,11 @@ func Parse(data []byte) (*File, []error, error) {
 		return nil, nil, err
 	}
 
+	namespaces, err := parseNamespaces(raw.Namespaces, mapValue(root, "namespaces"))
+	if err != nil {
+		return nil, nil, err
+	}
+
 	items := mapValue(root, "workloads")
 	var (
 		valid    []entry
@@ -127,7 +157,8 @@ func Parse(data []byte) (*File, []error, error) {
 	}
 
 	kept, dups := dropDuplicates(valid)
-	return &File{TrustDomain: td, Workloads: kept}, append(problems, dups...), nil
+	f := &File{TrustDomain: td, Workloads: kept, Namespaces: namespaces}
+	return f, append(problems, dups...), nil
 }
 
 // decodeStrict decodes data into raw, rejecting unknown fields. The decoder names the
@@ -149,6 +180,9 @@ func decodeStrict(data []byte, raw *rawFile) error {
 	for i, m := range te.Errors {
 		m = strings.Replace(m, " not found in type workloadfile.rawWorkload",
 			" is not a workload field (known: "+workloadFields+
+				"); fix the spelling or remove it", 1)
+		m = strings.Replace(m, " not found in type workloadfile.rawNamespace",
+			" is not a namespace field (known: "+namespaceFields+
 				"); fix the spelling or remove it", 1)
 		m = strings.Replace(m, " not found in type workloadfile.rawFile",
 			" is not a top-level field (known: "+fileFields+

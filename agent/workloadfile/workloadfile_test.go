@@ -37,7 +37,7 @@ func TestParseValid(t *testing.T) {
 			Netns: "/run/netns/veil-a1"},
 		{Name: "b1", Namespace: "prod", ServiceAccount: "sa-b", Node: "node2",
 			IPs: []netip.Addr{netip.MustParseAddr("10.244.2.11")}},
-	}}
+	}, Namespaces: map[string]Namespace{}}
 	if !reflect.DeepEqual(f, want) {
 		t.Fatalf("Parse =\n%+v\nwant\n%+v", f, want)
 	}
@@ -64,7 +64,7 @@ func TestParseFileErrors(t *testing.T) {
 				`name; use lower-case letters, digits, '.', '-' and '_', e.g. cluster.local`},
 		{"unknown top-level field", "trustDomain: cluster.local\nworkload: []\n",
 			"parsing workload file: line 2: field workload is not a top-level field " +
-				"(known: trustDomain, workloads); fix the spelling or remove it"},
+				"(known: trustDomain, workloads, namespaces); fix the spelling or remove it"},
 		{"unknown workload field", header + "  - name: a1\n    serviceaccount: x\n",
 			"parsing workload file: line 4: field serviceaccount is not a workload field " +
 				"(known: name, namespace, serviceAccount, node, ips, netns); " +
@@ -172,5 +172,39 @@ func TestLoadNamesPath(t *testing.T) {
 	want := "reading workload file: open " + path + ": no such file or directory"
 	if err == nil || err.Error() != want {
 		t.Fatalf("Load error = %v, want %q", err, want)
+	}
+}
+
+func TestParseNamespaces(t *testing.T) {
+	f, _, err := Parse([]byte(header + `
+namespaces:
+  - name: locked
+    outsideMesh: refuse
+  - name: open
+    outsideMesh: passthrough
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.Namespaces["locked"].RefuseOutsideMesh || f.Namespaces["open"].RefuseOutsideMesh ||
+		f.Namespaces["unlisted"].RefuseOutsideMesh {
+		t.Fatalf("namespaces = %+v", f.Namespaces)
+	}
+
+	for name, tc := range map[string]struct{ yaml, want string }{
+		"bad value": {"namespaces:\n  - name: a\n    outsideMesh: deny\n",
+			`line 3: namespace "a": outsideMesh "deny" is not passthrough or refuse`},
+		"no name": {"namespaces:\n  - outsideMesh: refuse\n",
+			"line 3: namespace entry without a name; add name: <namespace>"},
+		"twice": {"namespaces:\n  - name: a\n  - name: a\n",
+			`line 4: namespace "a" is listed twice; merge the entries`},
+		"unknown field": {"namespaces:\n  - name: a\n    outside: refuse\n",
+			"parsing workload file: line 4: field outside is not a namespace field " +
+				"(known: name, outsideMesh); fix the spelling or remove it"},
+	} {
+		_, _, err := Parse([]byte("trustDomain: cluster.local\n" + tc.yaml))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: error %v, want %q", name, err, tc.want)
+		}
 	}
 }
