@@ -7,22 +7,30 @@
 #   scripts/cluster.sh exec <node> -- cmd...  run cmd inside a node's netns
 #   scripts/cluster.sh status                 what is running, and each agent's status
 #   scripts/cluster.sh logs <node|ca> [-f]    print (or follow) an agent's or the CA's log
-#   scripts/cluster.sh ip <pod>               print a pod's IP address
+#   scripts/cluster.sh ip <pod>               print a pod's IPv4 address
+#   scripts/cluster.sh ip6 <pod>              print a pod's IPv6 address (none for a nov6 pod)
 #
 # Environment:
 #   PREFIX    names every netns, cgroup and bpffs directory (default veil), so that
 #             several clusters (one per test) can exist side by side
 #   STATE     state directory (default /run/veil/$PREFIX)
 #   BIN       directory holding veil-agent, veil-ca and agentctl (default <repo>/bin)
-#   TOPOLOGY  pod list, lines "<pod> <node> <namespace> <serviceaccount> [nomesh]"
-#             (default <repo>/scripts/demo-topology). A "nomesh" pod is built like
-#             any other (netns, veth, IP, cgroup) but left out of workloads.yaml, so
-#             no agent enrolls it: its traffic is plain pod-to-pod, a baseline.
+#   TOPOLOGY  pod list, lines "<pod> <node> <namespace> <serviceaccount> [options]"
+#             (default <repo>/scripts/demo-topology); options is a comma-separated
+#             list of "nomesh" and "nov6". A "nomesh" pod is built like any other
+#             (netns, veth, IPs, cgroup) but left out of workloads.yaml, so no agent
+#             enrolls it: its traffic is plain pod-to-pod, a baseline. A "nov6" pod has
+#             IPv6 disabled in its netns and only its IPv4 address.
 #   NOAGENT=1 build only the network, cgroups and state files; start no CA or agents
 #   TRUST_DOMAIN (cluster.local), CERT_TTL (24h), LOG_LEVEL (info),
 #   LOG_FORMAT (json or console; default: the agent's own, json when not on a terminal),
 #   CA_ARGS, AGENT_ARGS (extra flags), CA_TIMEOUT (30), AGENT_TIMEOUT (60) seconds,
 #   KEEP=1    leave a half-built cluster in place when up fails, for inspection
+#
+# The cluster is dual-stack: node N is 10.200.0.N and fd00:10:200::N on "wire", its
+# bridge cni0 10.244.N.1/24 and fd00:10:244:N::1/64, and its i-th pod (in TOPOLOGY
+# order) 10.244.N.(10+i)/24 and fd00:10:244:N::(10+i)/64, the IPv6 host part being the
+# same decimal digits read as hex (pod 1 is ::11, pod 2 ::12), unless the pod is nov6.
 #
 # Nothing here touches the root network namespace: every address, route and link
 # lives in a namespace this script creates, and down removes only what up recorded.
@@ -42,6 +50,8 @@ AGENT_TIMEOUT=${AGENT_TIMEOUT:-60}
 
 NODES=(node1 node2)
 WIRE_NET=10.200.0          # node N is $WIRE_NET.N on the veth pair "wire"
+WIRE_NET6=fd00:10:200:     # and $WIRE_NET6:N (fd00:10:200::N)
+POD_NET6=fd00:10:244       # node N's pods are in $POD_NET6:N::/64
 CA_ADDR=$WIRE_NET.1:15012  # veil-ca listens in node1's netns
 BPFFS=/sys/fs/bpf
 MARKER=.veil-cluster       # present in STATE only if this script made it
@@ -98,10 +108,12 @@ cgroup_root() {
 
 # --- topology -----------------------------------------------------------------
 
-# POD_NAMES keeps file order; POD_NODE, POD_NS, POD_SA, POD_IP and POD_MESH (1 if
+# POD_NAMES keeps file order; POD_NODE, POD_NS, POD_SA, POD_IP, POD_IP6 (empty for a
+# "nov6" pod), POD_OPTS (the options as written, comma-separated) and POD_MESH (1 if
 # the agents enroll the pod, 0 for a "nomesh" pod) are keyed by pod.
 POD_NAMES=()
-declare -A POD_NODE=() POD_NS=() POD_SA=() POD_IP=() POD_MESH=()
+declare -A POD_NODE=() POD_NS=() POD_SA=() POD_IP=() POD_IP6=() POD_OPTS=() POD_MESH=()
+POD_OPTIONS="nomesh nov6"
 
 is_node() {
 	local n
@@ -111,8 +123,10 @@ is_node() {
 
 # load_topology reads the pod list: from $STATE/pods once up has written it (so
 # that down and exec agree with the running cluster even if TOPOLOGY changed),
-# otherwise from $TOPOLOGY. $STATE/pods has the IP in the 5th column and the
-# optional "nomesh" in the 6th; a state file from before "nomesh" has no 6th.
+# otherwise from $TOPOLOGY. $STATE/pods has the IPv4 address in the 5th column, the
+# options in the 6th ("-" for none) and the IPv6 address in the 7th ("-" for none).
+# A state file from before "nomesh" has no 6th column, and one from before IPv6 no
+# 7th: that cluster was built without IPv6, so its pods have none.
 load_topology() {
 	local file=$TOPOLOGY from_state=0
 	if [[ -f $STATE/pods ]]; then
@@ -121,23 +135,37 @@ load_topology() {
 	fi
 	[[ -r $file ]] || die "topology file $file not readable"
 	POD_NAMES=()
-	POD_NODE=() POD_NS=() POD_SA=() POD_IP=() POD_MESH=()
+	POD_NODE=() POD_NS=() POD_SA=() POD_IP=() POD_IP6=() POD_OPTS=() POD_MESH=()
 
 	local -A count=()
-	local n=0 line pod node ns sa mode extra ip
-	local want="want '<pod> <node> <namespace> <serviceaccount> [nomesh]'"
+	local n=0 line pod node ns sa opts extra ip ip6 opt mesh v6 list
+	local want="want '<pod> <node> <namespace> <serviceaccount> [options]', options comma-separated without spaces"
 	while IFS= read -r line || [[ -n $line ]]; do
 		n=$((n + 1))
 		line=${line%%#*}
+		pod='' sa='' opts='' ip6='' extra=''
 		if ((from_state)); then
-			read -r pod node ns sa ip mode extra <<<"$line" || true
+			read -r pod node ns sa ip opts ip6 extra <<<"$line" || true
+			[[ $opts != - ]] || opts=
 		else
-			read -r pod node ns sa mode extra <<<"$line" || true
+			read -r pod node ns sa opts extra <<<"$line" || true
 		fi
-		[[ -z ${pod:-} ]] && continue
-		[[ -n ${sa:-} && -z ${extra:-} ]] || die "$file:$n: $want"
-		[[ -z ${mode:-} || $mode == nomesh ]] ||
-			die "$file:$n: pod '$pod': unknown option '$mode' (the only one is 'nomesh')"
+		[[ -z $pod ]] && continue
+		[[ -n $sa && -z $extra ]] || die "$file:$n: $want"
+
+		mesh=1 v6=1
+		if [[ -n $opts ]]; then
+			[[ $opts =~ ^[^,]+(,[^,]+)*$ ]] ||
+				die "$file:$n: pod '$pod': empty option in '$opts'; write options as e.g. 'nomesh,nov6'"
+			IFS=, read -ra list <<<"$opts"
+			for opt in "${list[@]}"; do
+				case $opt in
+				nomesh) mesh=0 ;;
+				nov6) v6=0 ;;
+				*) die "$file:$n: pod '$pod': unknown option '$opt' (options are: ${POD_OPTIONS// /, })" ;;
+				esac
+			done
+		fi
 
 		[[ $pod =~ ^[a-z0-9]([a-z0-9-]{0,11}[a-z0-9])?$ ]] ||
 			die "$file:$n: pod '$pod': use at most 13 characters of [a-z0-9-] (veth 'v-<pod>' must fit in 15)"
@@ -155,9 +183,18 @@ load_topology() {
 		POD_NODE[$pod]=$node
 		POD_NS[$pod]=$ns
 		POD_SA[$pod]=$sa
-		POD_MESH[$pod]=1
-		[[ ${mode:-} != nomesh ]] || POD_MESH[$pod]=0
+		POD_OPTS[$pod]=$opts
+		POD_MESH[$pod]=$mesh
 		POD_IP[$pod]=10.244.$(node_num "$node").$((10 + count[$node]))
+		if ((from_state)); then
+			# What up built: absent in a state file from before IPv6.
+			[[ $ip6 != - ]] || ip6=
+			POD_IP6[$pod]=$ip6
+		elif ((v6)); then
+			POD_IP6[$pod]=$POD_NET6:$(node_num "$node")::$((10 + count[$node]))
+		else
+			POD_IP6[$pod]=
+		fi
 	done <"$file"
 }
 
@@ -173,6 +210,11 @@ mesh_pods_on() {
 # mesh_note prints "(no mesh)" for a pod no agent enrolls, nothing otherwise.
 mesh_note() {
 	[[ ${POD_MESH[$1]} == 1 ]] || printf '(no mesh)'
+}
+
+# ip6_note prints a pod's IPv6 address, or "(no ipv6)".
+ip6_note() {
+	printf '%s' "${POD_IP6[$1]:-(no ipv6)}"
 }
 
 # --- processes ------------------------------------------------------------------
@@ -263,6 +305,7 @@ cmd_up() {
 	validate_prefix
 	[[ $(id -u) -eq 0 ]] || die "up needs root"
 	load_topology
+	need_ipv6
 	local cg2 node pod
 	cg2=$(cgroup_root)
 
@@ -317,23 +360,37 @@ cmd_up() {
 	print_pods
 }
 
-# write_pods_file records the pods as "<pod> <node> <namespace> <sa> <ip> [nomesh]".
+# write_pods_file records the pods as "<pod> <node> <namespace> <sa> <ip> <options>
+# <ip6>", with "-" for no options and for no IPv6 address (see load_topology).
 write_pods_file() {
-	local pod mode
+	local pod
 	for pod in "${POD_NAMES[@]}"; do
-		mode=
-		((POD_MESH[$pod])) || mode=' nomesh'
-		printf '%s %s %s %s %s%s\n' "$pod" "${POD_NODE[$pod]}" "${POD_NS[$pod]}" \
-			"${POD_SA[$pod]}" "${POD_IP[$pod]}" "$mode"
+		printf '%s %s %s %s %s %s %s\n' "$pod" "${POD_NODE[$pod]}" "${POD_NS[$pod]}" \
+			"${POD_SA[$pod]}" "${POD_IP[$pod]}" "${POD_OPTS[$pod]:--}" "${POD_IP6[$pod]:--}"
 	done >"$STATE/pods"
 }
 
 # add_netns creates a namespace and records it, so that down removes exactly the
-# namespaces up made even when up stopped half way.
+# namespaces up made even when up stopped half way. Any further arguments are
+# sysctls (name=value) set in it before lo comes up and before any link is moved in,
+# so that every interface starts with them.
 add_netns() {
-	ip netns add "$(netns "$1")"
-	printf '%s\n' "$(netns "$1")" >>"$STATE/netns"
-	ip -n "$(netns "$1")" link set lo up
+	local name=$1
+	shift
+	ip netns add "$(netns "$name")"
+	printf '%s\n' "$(netns "$name")" >>"$STATE/netns"
+	(($# == 0)) || in_ns "$name" sysctl -qw "$@"
+	ip -n "$(netns "$name")" link set lo up
+}
+
+# IPv6 on in a new namespace, whatever the host's defaults (a host may hand a
+# disable_ipv6=1 down when net.core.devconf_inherit_init_net is set).
+V6_ON=(net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0)
+V6_OFF=(net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1)
+
+need_ipv6() {
+	[[ -d /proc/sys/net/ipv6 ]] ||
+		die "this kernel has no IPv6 (booted with ipv6.disable=1?); the cluster is dual-stack and needs it"
 }
 
 in_ns() {
@@ -347,51 +404,72 @@ make_nodes() {
 
 	for node in "${NODES[@]}"; do
 		step "creating node netns $(netns "$node")"
-		add_netns "$node"
+		add_netns "$node" "${V6_ON[@]}"
 		mkdir -p "$STATE/$node"
-		in_ns "$node" sysctl -qw net.ipv4.ip_forward=1
+		in_ns "$node" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 	done
 
-	step "linking node1 and node2 with veth 'wire' ($WIRE_NET.0/24)"
+	# Every IPv6 address is added with nodad: duplicate address detection would
+	# leave it "tentative", unusable, for a second or more, and nothing else on
+	# these links can hold it.
+	step "linking node1 and node2 with veth 'wire' ($WIRE_NET.0/24, ${WIRE_NET6}:/64)"
 	ip -n "$(netns node1)" link add wire type veth peer name wire netns "$(netns node2)"
 	for node in "${NODES[@]}"; do
 		n=$(node_num "$node")
 		ns=$(netns "$node")
 		ip -n "$ns" addr add "$WIRE_NET.$n/24" dev wire
+		ip -n "$ns" -6 addr add "$WIRE_NET6:$n/64" dev wire nodad
 		ip -n "$ns" link set wire up
 	done
 
 	for node in "${NODES[@]}"; do
 		n=$(node_num "$node")
 		ns=$(netns "$node")
-		step "creating bridge cni0 10.244.$n.1/24 in $ns"
+		step "creating bridge cni0 10.244.$n.1/24 $POD_NET6:$n::1/64 in $ns"
 		ip -n "$ns" link add cni0 type bridge
 		ip -n "$ns" addr add "10.244.$n.1/24" dev cni0
+		ip -n "$ns" -6 addr add "$POD_NET6:$n::1/64" dev cni0 nodad
 		ip -n "$ns" link set cni0 up
 
 		for other in "${NODES[@]}"; do
 			[[ $other != "$node" ]] || continue
-			step "routing 10.244.$(node_num "$other").0/24 via $other in $ns"
-			ip -n "$ns" route add "10.244.$(node_num "$other").0/24" \
-				via "$WIRE_NET.$(node_num "$other")" dev wire
+			local m
+			m=$(node_num "$other")
+			step "routing 10.244.$m.0/24 and $POD_NET6:$m::/64 via $other in $ns"
+			ip -n "$ns" route add "10.244.$m.0/24" via "$WIRE_NET.$m" dev wire
+			ip -n "$ns" -6 route add "$POD_NET6:$m::/64" via "$WIRE_NET6:$m" dev wire
 		done
 	done
 }
 
 make_pod() {
-	local pod=$1 node=${POD_NODE[$1]} ip=${POD_IP[$1]}
-	local pns nns
+	local pod=$1 node=${POD_NODE[$1]} ip=${POD_IP[$1]} ip6=${POD_IP6[$1]}
+	local pns nns n
 	pns=$(netns "$pod")
 	nns=$(netns "$node")
+	n=$(node_num "$node")
 
-	step "creating pod $pod ($ip) on $node"
-	add_netns "$pod"
+	step "creating pod $pod ($ip${ip6:+ $ip6}${ip6:-, no IPv6}) on $node"
+	if [[ -n $ip6 ]]; then
+		add_netns "$pod" "${V6_ON[@]}"
+	else
+		add_netns "$pod" "${V6_OFF[@]}"
+	fi
 	ip -n "$nns" link add "v-$pod" type veth peer name eth0 netns "$pns"
 	ip -n "$nns" link set "v-$pod" master cni0
 	ip -n "$nns" link set "v-$pod" up
 	ip -n "$pns" addr add "$ip/24" dev eth0
+	[[ -z $ip6 ]] || ip -n "$pns" -6 addr add "$ip6/64" dev eth0 nodad
 	ip -n "$pns" link set eth0 up
-	ip -n "$pns" route add default via "10.244.$(node_num "$node").1" dev eth0
+	ip -n "$pns" route add default via "10.244.$n.1" dev eth0
+	if [[ -n $ip6 ]]; then
+		ip -n "$pns" -6 route add default via "$POD_NET6:$n::1" dev eth0
+		[[ -n $(ip -n "$pns" -6 addr show dev lo to ::1/128) ]] ||
+			die "pod $pod: lo has no ::1 although IPv6 is on in its netns"
+	else
+		[[ -z $(ip -n "$pns" -6 addr show) ]] ||
+			die "pod $pod is nov6 but has IPv6 addresses: $(ip -n "$pns" -6 -br addr show | paste -sd' ')"
+	fi
 }
 
 make_cgroups() {
@@ -424,7 +502,7 @@ write_workloads() {
 			printf '    namespace: %s\n' "${POD_NS[$pod]}"
 			printf '    serviceAccount: %s\n' "${POD_SA[$pod]}"
 			printf '    node: %s\n' "${POD_NODE[$pod]}"
-			printf '    ips: [%s]\n' "${POD_IP[$pod]}"
+			printf '    ips: [%s]\n' "${POD_IP[$pod]}${POD_IP6[$pod]:+, ${POD_IP6[$pod]}}"
 			printf '    netns: %s\n' "$(netns_path "$pod")"
 		done
 	} >"$STATE/workloads.yaml.tmp"
@@ -563,10 +641,11 @@ enrolled_names() {
 
 print_pods() {
 	local pod
-	printf '%-14s %-6s %-12s %-16s %s\n' POD NODE IP NAMESPACE SERVICEACCOUNT
+	printf '%-14s %-6s %-12s %-19s %-16s %s\n' POD NODE IP IP6 NAMESPACE SERVICEACCOUNT
 	for pod in "${POD_NAMES[@]}"; do
-		printf '%-14s %-6s %-12s %-16s %-16s %s\n' "$pod" "${POD_NODE[$pod]}" "${POD_IP[$pod]}" \
-			"${POD_NS[$pod]}" "${POD_SA[$pod]}" "$(mesh_note "$pod")"
+		printf '%-14s %-6s %-12s %-19s %-16s %-16s %s\n' "$pod" "${POD_NODE[$pod]}" \
+			"${POD_IP[$pod]}" "$(ip6_note "$pod")" "${POD_NS[$pod]}" "${POD_SA[$pod]}" \
+			"$(mesh_note "$pod")"
 	done | sed 's/ *$//'
 }
 
@@ -738,10 +817,10 @@ cmd_status() {
 		fi
 	done
 
-	printf '\n%-14s %-6s %-12s %-16s %-16s %s\n' POD NODE IP NAMESPACE SERVICEACCOUNT PROCS
+	printf '\n%-14s %-6s %-12s %-19s %-16s %-16s %s\n' POD NODE IP IP6 NAMESPACE SERVICEACCOUNT PROCS
 	for pod in "${POD_NAMES[@]}"; do
-		printf '%-14s %-6s %-12s %-16s %-16s %-5s %s\n' "$pod" "${POD_NODE[$pod]}" \
-			"${POD_IP[$pod]}" "${POD_NS[$pod]}" "${POD_SA[$pod]}" \
+		printf '%-14s %-6s %-12s %-19s %-16s %-16s %-5s %s\n' "$pod" "${POD_NODE[$pod]}" \
+			"${POD_IP[$pod]}" "$(ip6_note "$pod")" "${POD_NS[$pod]}" "${POD_SA[$pod]}" \
 			"$(wc -l <"$cg2/$PREFIX/${POD_NODE[$pod]}/$pod/cgroup.procs" 2>/dev/null || echo -)" \
 			"$(mesh_note "$pod")"
 	done | sed 's/ *$//'
@@ -779,6 +858,14 @@ cmd_ip() {
 	printf '%s\n' "${POD_IP[$1]}"
 }
 
+cmd_ip6() {
+	(($# == 1)) || usage
+	load_topology
+	[[ -n ${POD_NODE[$1]:-} ]] || die "no pod named '$1'"
+	[[ -n ${POD_IP6[$1]} ]] || die "pod '$1' has no IPv6 address (it is nov6, or the cluster predates IPv6)"
+	printf '%s\n' "${POD_IP6[$1]}"
+}
+
 main() {
 	(($# >= 1)) || usage
 	local cmd=$1
@@ -790,6 +877,7 @@ main() {
 	status) cmd_status "$@" ;;
 	logs) cmd_logs "$@" ;;
 	ip) cmd_ip "$@" ;;
+	ip6) cmd_ip6 "$@" ;;
 	-h | --help | help) usage ;;
 	*) log "unknown command '$cmd'"; usage ;;
 	esac
