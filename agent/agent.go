@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,22 +109,58 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	a.td, a.ids, a.engine = file.TrustDomain, ids, engine
 	a.mu.Unlock()
 	a.apply(ctx, file, nil)
+	a.pruneStale()
 
+	// File changes and retries are handled on this goroutine alone, so an enrollment
+	// never races another of the same pod; Watch is waited for before the workloads are
+	// let go, so none is enrolled after.
+	readings := make(chan fileReading)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		workloadfile.Watch(ctx, cfg.WorkloadFile, cfg.ReloadEvery,
+			func(f *workloadfile.File, problems []error, err error) {
+				select {
+				case readings <- fileReading{f, problems, err}:
+				case <-ctx.Done():
+				}
+			})
+	}()
+	a.loop(ctx, readings)
+	<-watchDone
+	a.detachAll()
+	return nil
+}
+
+// fileReading is one reading of the workload file by Watch.
+type fileReading struct {
+	f        *workloadfile.File
+	problems []error
+	err      error
+}
+
+// loop applies workload file changes and retries failed enrollments until ctx ends.
+func (a *Agent) loop(ctx context.Context, readings <-chan fileReading) {
+	t := time.NewTicker(retryEvery)
+	defer t.Stop()
 	// Watch's first reading is the file just applied, unless it changed in between;
 	// applying it again is harmless, announcing it as a change would mislead.
 	first := true
-	go workloadfile.Watch(ctx, cfg.WorkloadFile, cfg.ReloadEvery, func(f *workloadfile.File, problems []error, err error) {
-		if first && err == nil && f.TrustDomain == a.td {
-			first = false
-			a.apply(ctx, f, problems)
+	for {
+		select {
+		case <-ctx.Done():
 			return
+		case r := <-readings:
+			if first && r.err == nil && r.f.TrustDomain == a.td {
+				a.apply(ctx, r.f, r.problems)
+			} else {
+				a.onWorkloadFile(ctx, r.f, r.problems, r.err)
+			}
+			first = false
+		case <-t.C:
+			a.retryFailed(ctx)
 		}
-		first = false
-		a.onWorkloadFile(ctx, f, problems, err)
-	})
-	a.retryFailed(ctx)
-	a.stopAll()
-	return nil
+	}
 }
 
 // newAgent makes the agent's in-memory state; Run starts it.
@@ -163,36 +200,51 @@ func (a *Agent) dataPath() *tlsengine.Engine {
 // that does not exist yet, or a CA that did not answer, usually fixes itself.
 const retryEvery = 5 * time.Second
 
-// retryFailed tries again, until ctx ends, to enroll the workloads whose enrollment failed.
+// retryFailed tries again to enroll the workloads whose enrollment failed.
 func (a *Agent) retryFailed(ctx context.Context) {
-	t := time.NewTicker(retryEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+	a.mu.Lock()
+	var failed []*workload
+	for _, w := range a.workloads {
+		if w.failure() != nil {
+			failed = append(failed, w)
+		}
+	}
+	a.mu.Unlock()
+	for _, old := range failed {
+		if ctx.Err() != nil {
 			return
-		case <-t.C:
 		}
+		w := a.enroll(ctx, old.spec, old.failure())
 		a.mu.Lock()
-		var failed []*workload
-		for _, w := range a.workloads {
-			if w.failure() != nil {
-				failed = append(failed, w)
-			}
-		}
+		a.workloads[key(old.spec)] = w
 		a.mu.Unlock()
-		for _, old := range failed {
-			w := a.enroll(ctx, old.spec, old.failure())
-			a.mu.Lock()
-			// The file may have changed meanwhile; only replace what is still the same.
-			if cur, ok := a.workloads[key(old.spec)]; ok && cur == old {
-				a.workloads[key(old.spec)] = w
-				a.mu.Unlock()
-				continue
-			}
-			a.mu.Unlock()
-			w.stop(a.log)
+	}
+}
+
+// pruneStale forgets the pods an earlier agent on this node enrolled that this one does
+// not want: until then they stayed closed, which is right while they might come back, and
+// wrong once the workload file says they are gone. Pods still wanted are kept even if
+// their enrollment failed, so they stay closed until it succeeds.
+func (a *Agent) pruneStale() {
+	keepNetns := map[uint64]bool{}
+	keepAddrs := map[netip.Addr]bool{}
+	a.mu.Lock()
+	specs := make([]workloadfile.Workload, 0, len(a.workloads))
+	for _, w := range a.workloads {
+		specs = append(specs, w.spec)
+	}
+	a.mu.Unlock()
+	for _, spec := range specs {
+		for _, ip := range spec.IPs {
+			keepAddrs[ip] = true
 		}
+		if ns, err := redirect.OpenNetns(spec.Netns); err == nil {
+			keepNetns[ns.Cookie()] = true
+			ns.Close()
+		}
+	}
+	if err := a.red.Prune(keepNetns, keepAddrs); err != nil {
+		a.log.Warn().Err(err).Msg("forgetting pods of an earlier agent")
 	}
 }
 
@@ -203,7 +255,9 @@ func (a *Agent) firstWorkloadFile(ctx context.Context) (*workloadfile.File, erro
 	for {
 		f, problems, err := workloadfile.Load(a.cfg.WorkloadFile)
 		if err == nil {
+			a.mu.Lock()
 			a.problems = problems
+			a.mu.Unlock()
 			return f, nil
 		}
 		a.setFileErr(err)
@@ -292,7 +346,9 @@ func (a *Agent) apply(ctx context.Context, f *workloadfile.File, problems []erro
 	}
 }
 
-func (a *Agent) stopAll() {
+// detachAll lets go of every workload when the agent stops, leaving their pods steered
+// into listeners that are about to close, so they fail closed until the next agent.
+func (a *Agent) detachAll() {
 	a.mu.Lock()
 	all := make([]*workload, 0, len(a.workloads))
 	for _, w := range a.workloads {
@@ -300,7 +356,7 @@ func (a *Agent) stopAll() {
 	}
 	a.mu.Unlock()
 	for _, w := range all {
-		w.stop(a.log)
+		w.release(a.log, false)
 	}
 }
 

@@ -262,11 +262,21 @@ func (w *workload) failure() error {
 
 // stop releases what the workload holds: redirection first, so no new connection is sent
 // to listeners about to close.
-func (w *workload) stop(log zerolog.Logger) {
+func (w *workload) stop(log zerolog.Logger) { w.release(log, true) }
+
+// release closes what the workload holds. With unenroll, the pod is let out of the mesh
+// too; without, its steering stays in place (see redirect.Enrollment.Detach).
+func (w *workload) release(log zerolog.Logger, unenroll bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.enr != nil {
-		if err := w.enr.Close(); err != nil {
+		var err error
+		if unenroll {
+			err = w.enr.Close()
+		} else {
+			err = w.enr.Detach()
+		}
+		if err != nil {
 			log.Warn().Err(err).Msg("unenrolling")
 		}
 		w.enr = nil

@@ -93,10 +93,15 @@ struct lpm_key {
 	struct addr ip;
 };
 
+// enrolled, pod_addrs and excluded are pinned: they say which pods must never send or
+// receive in plaintext, so they must outlive the agent, and a restarted agent takes them
+// over instead of starting from an empty map that would let every pod through until it
+// is enrolled again.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(value, struct netns_cfg);
 } enrolled SEC(".maps");
 
@@ -129,6 +134,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
 	__type(key, struct addr);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(value, __u8);
 } pod_addrs SEC(".maps");
 
@@ -145,6 +151,7 @@ struct {
 	__uint(max_entries, 1024);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct lpm_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(value, __u8);
 } excluded SEC(".maps");
 

@@ -139,15 +139,7 @@ func (e *Enrollment) Close() error {
 	}
 	errs = append(errs, e.link.Close())
 	r.dropListeners(e.addrs)
-
-	r.mu.Lock()
-	for i, p := range r.programs {
-		if p.Pin == e.pin {
-			r.programs = append(r.programs[:i], r.programs[i+1:]...)
-			break
-		}
-	}
-	r.mu.Unlock()
+	r.forgetProgram(e.pin)
 	return errors.Join(errs...)
 }
 
@@ -189,4 +181,76 @@ func (r *Redirector) Exempt(local, remote netip.AddrPort) (func(), error) {
 		return nil, fmt.Errorf("exempting %s->%s from sk_lookup: %w", local, remote, err)
 	}
 	return func() { r.objs.Exempt.Delete(&t) }, nil
+}
+
+// Detach lets go of the enrollment without undoing it: the pins and map entries stay, so
+// once the agent's listeners close the pod's connections fail instead of going around
+// the agent, until an agent enrolls the pod again or Prune forgets it. Use Detach when the
+// agent stops, Close when the pod leaves.
+func (e *Enrollment) Detach() error {
+	e.r.forgetProgram(e.pin)
+	return e.link.Close()
+}
+
+func (r *Redirector) forgetProgram(pin string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, p := range r.programs {
+		if p.Pin == pin {
+			r.programs = append(r.programs[:i], r.programs[i+1:]...)
+			return
+		}
+	}
+}
+
+// Prune forgets what an earlier agent enrolled and this one no longer wants: entries in
+// the pinned maps and sk_lookup pins of namespaces not in keepNetns (by cookie), and pod
+// addresses not in keepAddrs. Pods still wanted but not enrolled yet (their CA request
+// failed, say) belong in keep: they stay closed rather than being let out in plaintext.
+func (r *Redirector) Prune(keepNetns map[uint64]bool, keepAddrs map[netip.Addr]bool) error {
+	var errs []error
+	var cookie uint64
+	var cfg bpf.RedirectNetnsCfg
+	var staleNetns []uint64
+	for it := r.objs.Enrolled.Iterate(); it.Next(&cookie, &cfg); {
+		if !keepNetns[cookie] {
+			staleNetns = append(staleNetns, cookie)
+		}
+	}
+	for _, c := range staleNetns {
+		if err := r.objs.Enrolled.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("forgetting netns %d: %w", c, err))
+		}
+	}
+
+	var addr bpf.RedirectAddr
+	var one uint8
+	var staleAddrs []bpf.RedirectAddr
+	for it := r.objs.PodAddrs.Iterate(); it.Next(&addr, &one); {
+		if !keepAddrs[fromBPF(addr)] {
+			staleAddrs = append(staleAddrs, addr)
+		}
+	}
+	for _, a := range staleAddrs {
+		if err := r.objs.PodAddrs.Delete(&a); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("forgetting pod address %s: %w", fromBPF(a), err))
+		}
+	}
+
+	dir := filepath.Join(r.cfg.PinDir, "netns")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("listing netns pins: %w", err))
+	}
+	for _, e := range entries {
+		c, err := strconv.ParseUint(e.Name(), 10, 64)
+		if err == nil && keepNetns[c] {
+			continue
+		}
+		// The pin holds the only reference to a dead agent's link: removing it detaches.
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			errs = append(errs, fmt.Errorf("removing stale pin %s: %w", e.Name(), err))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -21,6 +21,8 @@ const testMark = 0x5a11
 // the pod in its own cgroup under the cgroup the redirector is attached to.
 type fixture struct {
 	r        *redirect.Redirector
+	cgroup   string
+	pins     string
 	node     *testenv.Netns
 	pod      *testenv.Netns
 	podNS    *redirect.Netns
@@ -42,8 +44,9 @@ func newFixture(t *testing.T) *fixture {
 	f.pod = testenv.NewNetns(t, testenv.Name("vt-pod-"))
 	testenv.Veth(t, f.node, "eth-pod", "10.99.0.1/24", f.pod, "eth0", "10.99.0.2/24")
 
+	f.cgroup, f.pins = cg, testenv.PinDir(t)
 	r, err := redirect.Load(redirect.Config{
-		Cgroup: cg, PinDir: testenv.PinDir(t), Mark: testMark, HBONEPort: 15008,
+		Cgroup: cg, PinDir: f.pins, Mark: testMark, HBONEPort: 15008,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -318,5 +321,60 @@ func TestTransparentDeliveryRefusedAtOnce(t *testing.T) {
 	})
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("delivery to a closed port: %v, want connection refused", err)
+	}
+}
+
+// An agent that stops, and the next one until it has enrolled the pod again, leave the
+// pod failing closed: its connections are refused instead of leaving around the agent.
+// Only Prune, for a pod no longer wanted, lets its traffic go direct again.
+func TestStoppedAgentFailsClosedUntilPruned(t *testing.T) {
+	f := newFixture(t)
+	nodeNS, err := redirect.OpenNetns(f.node.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nodeNS.Close()
+	srv, err := nodeNS.Listen(netip.MustParseAddrPort("10.99.0.1:9000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	reaches := func() bool {
+		out, _ := testenv.Command(f.pod.Path, f.podCg, "bash", "-c",
+			"exec 3<>/dev/tcp/10.99.0.1/9000 && echo connected").CombinedOutput()
+		return strings.Contains(string(out), "connected")
+	}
+
+	// The agent stops: its listeners close, the enrollment is detached, not undone.
+	if err := f.enr.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	f.outbound.Close()
+	f.hbone.Close()
+	f.inbound.Close()
+	f.r.Close()
+	if reaches() {
+		t.Fatal("with the agent stopped, the pod reached the node directly")
+	}
+
+	// A new agent loads before it enrolls anything: still closed.
+	r2, err := redirect.Load(redirect.Config{Cgroup: f.cgroup, PinDir: f.pins, Mark: testMark, HBONEPort: 15008})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r2.Close() })
+	if reaches() {
+		t.Fatal("a restarted agent let the pod out before enrolling it")
+	}
+
+	// The pod is no longer wanted: pruning opens it again.
+	if err := r2.Prune(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !reaches() {
+		t.Fatal("a pruned pod still cannot connect")
+	}
+	if c, err := accept(t, srv); err == nil {
+		c.Close()
 	}
 }

@@ -76,12 +76,8 @@ func Load(cfg Config) (*Redirector, error) {
 		return nil, fmt.Errorf("setting hbone_port: %w", err)
 	}
 	r := &Redirector{cfg: cfg}
-	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("loading BPF programs: %w\n%+v", err, verr)
-		}
-		return nil, fmt.Errorf("loading BPF programs: %w", err)
+	if err := r.load(spec); err != nil {
+		return nil, err
 	}
 	if err := r.exclude(cfg.Exclude); err != nil {
 		r.Close()
@@ -144,7 +140,47 @@ func programInfo(name string, prog *ebpf.Program, at, pin string) Program {
 	return p
 }
 
+// load loads the objects, taking over the maps an earlier agent pinned. Maps pinned by an
+// agent whose map layout differs cannot be taken over: they are replaced, and until every
+// pod is enrolled again the new maps do not know them.
+func (r *Redirector) load(spec *ebpf.CollectionSpec) error {
+	mapPins := filepath.Join(r.cfg.PinDir, "maps")
+	if err := os.MkdirAll(mapPins, 0o700); err != nil {
+		return fmt.Errorf("creating map pin directory: %w", err)
+	}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapPins}}
+	err := spec.LoadAndAssign(&r.objs, opts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		if rerr := os.RemoveAll(mapPins); rerr != nil {
+			return fmt.Errorf("replacing incompatible pinned maps: %w", rerr)
+		}
+		if err = os.MkdirAll(mapPins, 0o700); err == nil {
+			err = spec.LoadAndAssign(&r.objs, opts)
+		}
+	}
+	if err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			// %+v prints the verifier's whole log, which is what explains a rejection.
+			return fmt.Errorf("loading BPF programs: %w\n%+v", err, verr)
+		}
+		return fmt.Errorf("loading BPF programs: %w", err)
+	}
+	return nil
+}
+
+// exclude replaces the excluded destinations, which a pinned map may still hold from an
+// earlier configuration.
 func (r *Redirector) exclude(prefixes []netip.Prefix) error {
+	var key bpf.RedirectLpmKey
+	var stale []bpf.RedirectLpmKey
+	var v uint8
+	for it := r.objs.Excluded.Iterate(); it.Next(&key, &v); {
+		stale = append(stale, key)
+	}
+	for _, k := range stale {
+		r.objs.Excluded.Delete(&k)
+	}
 	for _, p := range prefixes {
 		bits := p.Bits()
 		if p.Addr().Is4() {
