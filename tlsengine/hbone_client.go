@@ -3,6 +3,7 @@ package tlsengine
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -47,7 +48,7 @@ func (e *Engine) openTunnel(w *Workload, src, dst netip.AddrPort,
 	req, err := http.NewRequestWithContext(ctx, http.MethodConnect, "http://"+dst.String(), sent)
 	if err != nil {
 		cancel()
-		e.pool.discard(pc) // its reservation can no longer be used
+		e.pool.release(pc)
 		return nil, fmt.Errorf("building CONNECT request: %w", err)
 	}
 	req.Header.Set("Forwarded", forwardedFor(w.clientIP(src)))
@@ -57,6 +58,7 @@ func (e *Engine) openTunnel(w *Workload, src, dst netip.AddrPort,
 	// the timer keeps a server that never answers from holding the app forever.
 	timer := time.AfterFunc(e.dialTimeout, cancel)
 	resp, err := cc.RoundTrip(req)
+	connBroken := err != nil && !streamOnly(err)
 	if !timer.Stop() && err == nil {
 		err = fmt.Errorf("waiting for CONNECT answer: %w", context.DeadlineExceeded)
 		_ = resp.Body.Close()
@@ -68,7 +70,14 @@ func (e *Engine) openTunnel(w *Workload, src, dst netip.AddrPort,
 	if err != nil {
 		cancel()
 		_ = pw.Close()
-		e.pool.releaseFailed(pc)
+		if connBroken {
+			// In TLS 1.3 a server that refuses our certificate says so only after our
+			// handshake has finished: the first request is where that shows. No other
+			// tunnel may pick the connection before the transport notices.
+			e.pool.discard(pc)
+		} else {
+			e.pool.release(pc)
+		}
 		return nil, fmt.Errorf("sending CONNECT %s: %w", dst, err)
 	}
 	return &clientTunnel{e: e, pc: pc, resp: resp, body: pw, sent: sent, cancel: cancel}, nil
@@ -178,4 +187,12 @@ func (b *notifyingBody) Close() error {
 	err := b.PipeReader.Close()
 	b.once.Do(func() { close(b.closed) })
 	return err
+}
+
+// streamOnly reports whether a failed request failed alone, leaving its connection good
+// for other tunnels: the server reset just this stream, or we gave up waiting.
+func streamOnly(err error) bool {
+	var se http2.StreamError
+	return errors.As(err, &se) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, context.DeadlineExceeded)
 }

@@ -39,8 +39,17 @@ type connPool struct {
 
 	mu      sync.Mutex
 	conns   map[poolKey][]*pooledConn
-	dialing map[poolKey]chan struct{} // closed when the dial for the key has finished
-	opened  uint64                    // connections made since start, for Stats
+	dialing map[poolKey]*dialCall
+	opened  uint64 // connections made since start, for Stats
+}
+
+// dialCall is a dial in progress; done is closed when it has finished, with err set if it
+// failed. Tunnels waiting for it fail with the same error rather than each trying again
+// in turn, which would make the last of a burst to a dead peer wait many dial timeouts.
+type dialCall struct {
+	done    chan struct{}
+	err     error
+	waiters int // tunnels waiting for it, under connPool.mu
 }
 
 type pooledConn struct {
@@ -59,7 +68,7 @@ func newConnPool(maxStreams int, idle time.Duration) *connPool {
 	}
 	return &connPool{
 		maxStreams: maxStreams, idle: idle,
-		conns: map[poolKey][]*pooledConn{}, dialing: map[poolKey]chan struct{}{},
+		conns: map[poolKey][]*pooledConn{}, dialing: map[poolKey]*dialCall{},
 	}
 }
 
@@ -74,24 +83,29 @@ func (p *connPool) get(ctx context.Context, key poolKey,
 			p.mu.Unlock()
 			return pc, nil
 		}
-		if wait, ok := p.dialing[key]; ok {
+		if call, ok := p.dialing[key]; ok {
+			call.waiters++
 			p.mu.Unlock()
 			select {
-			case <-wait:
+			case <-call.done:
+				if call.err != nil {
+					return nil, call.err
+				}
 				continue
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
 		}
-		done := make(chan struct{})
-		p.dialing[key] = done
+		call := &dialCall{done: make(chan struct{})}
+		p.dialing[key] = call
 		p.mu.Unlock()
 
 		cc, err := dial(ctx)
 
 		p.mu.Lock()
 		delete(p.dialing, key)
-		close(done)
+		call.err = err
+		close(call.done)
 		if err != nil {
 			p.mu.Unlock()
 			return nil, err
@@ -154,25 +168,6 @@ func (p *connPool) release(pc *pooledConn) {
 			pc.cc.Close()
 		}
 	})
-}
-
-// releaseFailed gives back a stream whose request failed. If the connection itself is
-// done for (closed, or the server sent GOAWAY), it leaves the pool at once so no other
-// tunnel picks it before it is noticed; its other streams end on their own.
-func (p *connPool) releaseFailed(pc *pooledConn) {
-	p.mu.Lock()
-	if pc.cc.CanTakeNewRequest() {
-		p.mu.Unlock()
-		p.release(pc)
-		return
-	}
-	p.removeLocked(pc)
-	pc.active--
-	idle := pc.active == 0
-	p.mu.Unlock()
-	if idle {
-		pc.cc.Close()
-	}
 }
 
 // discard drops a connection whose stream failed in a way that says the connection is

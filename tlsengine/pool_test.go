@@ -2,10 +2,12 @@ package tlsengine
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -125,5 +127,38 @@ func TestForgetClosesTheWorkloadsConnections(t *testing.T) {
 	}
 	if p := m.client.Stats().Pool; p.Connections != 0 {
 		t.Fatalf("pool after Forget: %+v", p)
+	}
+}
+
+// Tunnels that arrive while a dial to a dead peer is under way fail with it, at once,
+// instead of each dialing again in turn.
+func TestPoolWaitersShareAFailedDial(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	release := make(chan struct{})
+	var dials atomic.Int32
+	m.a.DialOut = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+		dials.Add(1)
+		<-release
+		return nil, errors.New("peer unreachable")
+	}
+	app := holdApp(t)
+	conns := make([]*net.TCPConn, 5)
+	for i := range conns {
+		conns[i] = m.dial(app.addr)
+	}
+	eventually(t, "every tunnel waiting for the one dial", func() bool {
+		m.client.pool.mu.Lock()
+		defer m.client.pool.mu.Unlock()
+		for _, call := range m.client.pool.dialing {
+			return call.waiters == len(conns)-1
+		}
+		return false
+	})
+	close(release)
+	for _, c := range conns {
+		expectReset(t, c)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials for 5 tunnels to one dead peer, want 1", n)
 	}
 }
