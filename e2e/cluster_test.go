@@ -106,6 +106,16 @@ func (c *cluster) ip(t *testing.T, pod string) string {
 	return strings.TrimSpace(string(out))
 }
 
+// ip6 is the IPv6 address of a dual-stack pod.
+func (c *cluster) ip6(t *testing.T, pod string) string {
+	t.Helper()
+	out, err := c.script("ip6", pod).Output()
+	if err != nil {
+		t.Fatalf("ip6 of %s: %v", pod, err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
 // helperCmd prepares this test binary in a helper mode inside a pod or node namespace.
 func (c *cluster) helperCmd(t *testing.T, where string, args ...string) *exec.Cmd {
 	t.Helper()

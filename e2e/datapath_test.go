@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"testing"
+
+	"github.com/veil-mesh/veil/tlsengine"
 )
 
 // Two pods on the same node still go through both ends of the agent, with identities
@@ -88,5 +91,46 @@ func TestAppSeesTheClientsAddress(t *testing.T) {
 		if got, want := c.run(t, tc.client, "recvtext", dst), c.ip(t, tc.client); got != want {
 			t.Errorf("%s -> %s: the app saw its client as %q, want %s", tc.client, tc.server, got, want)
 		}
+	}
+}
+
+// Dual-stack pods are intercepted on IPv6 too, with the original destination kept: the
+// bytes reach the server the client dialed, over HBONE, and the server sees the client's
+// own IPv6 address.
+func TestIPv6ThroughTheMesh(t *testing.T) {
+	c := getCluster(t)
+	before := c.status(t, "node1").Traffic.ByDirection
+	for i, server := range []string{"server", "client2"} { // across nodes, same node
+		dst := net.JoinHostPort(c.ip6(t, server), fmt.Sprint(7900+2*i))
+		c.server(t, server, "sink", dst)
+		want := streamHash(1<<20, 20+i)
+		if out := c.run(t, "client", "send", dst, fmt.Sprint(1<<20), fmt.Sprint(20+i)); out != "sent="+want+" reply="+want {
+			t.Fatalf("IPv6 transfer to %s: %q", server, out)
+		}
+
+		who := net.JoinHostPort(c.ip6(t, server), fmt.Sprint(7901+2*i))
+		c.server(t, server, "whoami", who)
+		if got, want := c.run(t, "client", "recvtext", who), c.ip6(t, "client"); got != want {
+			t.Errorf("%s saw its IPv6 client as %q, want %s", server, got, want)
+		}
+	}
+	after := c.status(t, "node1").Traffic.ByDirection
+	if n := after[tlsengine.Outbound].Opened - before[tlsengine.Outbound].Opened; n < 4 {
+		t.Errorf("node1 carried %d outbound connections over HBONE, want 4", n)
+	}
+}
+
+// A pod whose namespace has IPv6 disabled enrolls and works on IPv4.
+func TestIPv4OnlyPod(t *testing.T) {
+	c := getCluster(t)
+	for _, w := range c.status(t, "node1").Workloads {
+		if w.Name == "legacy" && !w.Enrolled {
+			t.Fatalf("legacy (IPv6 disabled) not enrolled: %s", w.Error)
+		}
+	}
+	dst := c.ip(t, "server") + ":7950"
+	c.server(t, "server", "whoami", dst)
+	if got, want := c.run(t, "legacy", "recvtext", dst), c.ip(t, "legacy"); got != want {
+		t.Errorf("server saw legacy as %q, want %s", got, want)
 	}
 }
