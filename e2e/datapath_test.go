@@ -3,8 +3,11 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/veil-mesh/veil/tlsengine"
 )
@@ -132,5 +135,42 @@ func TestIPv4OnlyPod(t *testing.T) {
 	c.server(t, "server", "whoami", dst)
 	if got, want := c.run(t, "legacy", "recvtext", dst), c.ip(t, "legacy"); got != want {
 		t.Errorf("server saw legacy as %q, want %s", got, want)
+	}
+}
+
+// Destinations outside the mesh are reached in plaintext from the pod's own address by
+// default, and refused for the pods of a namespace whose outsideMesh is refuse.
+func TestOutsideMeshPassthroughAndRefuse(t *testing.T) {
+	c := getCluster(t)
+	dst := c.ip(t, "plain2") + ":7970" // plain2 is not in the mesh
+	c.server(t, "plain2", "whoami", dst)
+	if got, want := c.run(t, "client2", "recvtext", dst), c.ip(t, "client2"); got != want {
+		t.Fatalf("passthrough: plain2 saw client2 as %q, want its own address %s", got, want)
+	}
+
+	path := filepath.Join(c.state, "workloads.yaml")
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { writeFile(t, path, orig) })
+	writeFile(t, path, append(append([]byte{}, orig...), "namespaces:\n  - name: other\n    outsideMesh: refuse\n"...))
+
+	dst2 := dst
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out := c.run(t, "client2", "read-one", dst2)
+		if strings.HasPrefix(out, "reset") || strings.HasPrefix(out, "dial-error") {
+			break
+		}
+		// Until the agent has read the new file, the connection still goes through.
+		if time.Now().After(deadline) {
+			t.Fatalf("client2's namespace setting never took effect: %q", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Pods of other namespaces are not affected.
+	if got, want := c.run(t, "client", "recvtext", dst2), c.ip(t, "client"); got != want {
+		t.Fatalf("client (namespace default) to plain2: %q, want %s", got, want)
 	}
 }

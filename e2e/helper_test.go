@@ -30,9 +30,10 @@ import (
 //	sendtext ADDR T N    connect, send text T N times, half-close, print the reply
 //	hold ADDR            connect, send "hi", print "connected", wait for stdin to close
 //	read-one ADDR        connect, read until error, print "eof" or "reset" and the bytes
-//	whoami ADDR          accept one conn, send back the client's address as the app sees
-//	                     it (getpeername), then close
+//	whoami ADDR          for every conn, send back the client's address as the app sees
+//	                     it (getpeername), then close it
 //	recvtext ADDR        connect, read to EOF, print what arrived
+//	churn ADDR N         N connections one after another, each read to EOF and closed
 //	udp-echo ADDR        answer one UDP datagram with the same bytes, then exit
 //	udp-ping ADDR T      send T in a UDP datagram, print the answer
 //	garbage ADDR         connect, send bytes that are not TLS, print "closed" once the
@@ -59,6 +60,16 @@ func helper(args []string) error {
 			return err
 		}
 		fmt.Println("ready")
+		if mode == "whoami" {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(c, c.RemoteAddr().(*net.TCPAddr).IP)
+				c.Close()
+			}
+		}
 		c, err := ln.Accept()
 		if err != nil {
 			return err
@@ -71,9 +82,6 @@ func helper(args []string) error {
 				return err
 			}
 			_, err = fmt.Fprintf(c, "%s\n", hex.EncodeToString(h.Sum(nil)))
-			return err
-		case "whoami":
-			_, err := fmt.Fprintln(c, c.RemoteAddr().(*net.TCPAddr).IP)
 			return err
 		case "source":
 			n, seed := atoi(args[2]), atoi(args[3])
@@ -155,6 +163,21 @@ func helper(args []string) error {
 			return err
 		}
 		fmt.Print(string(b))
+		return nil
+	case "churn":
+		for range atoi(args[2]) {
+			c, err := dial(addr)
+			if err != nil {
+				return err
+			}
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			_, err = io.Copy(io.Discard, c)
+			c.Close()
+			if err != nil {
+				return err
+			}
+		}
+		fmt.Println("done")
 		return nil
 	case "udp-echo":
 		pc, err := net.ListenPacket("udp", addr)

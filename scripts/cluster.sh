@@ -9,6 +9,9 @@
 #   scripts/cluster.sh logs <node|ca> [-f]    print (or follow) an agent's or the CA's log
 #   scripts/cluster.sh ip <pod>               print a pod's IPv4 address
 #   scripts/cluster.sh ip6 <pod>              print a pod's IPv6 address (none for a nov6 pod)
+#   scripts/cluster.sh stop-agent <node>      stop a node's agent; its pods stay enrolled and
+#                                             fail closed until an agent serves them again
+#   scripts/cluster.sh start-agent <node>     start it again and wait until its pods are enrolled
 #
 # Environment:
 #   PREFIX    names every netns, cgroup and bpffs directory (default veil), so that
@@ -851,6 +854,28 @@ cmd_logs() {
 	cat "$file"
 }
 
+# node_arg checks that $1 names a node of a running cluster.
+node_arg() {
+	is_node "${1:-}" || die "'${1:-}' is not a node; nodes are: ${NODES[*]}"
+	[[ -e $STATE/$MARKER ]] || die "cluster '$PREFIX' is not up ($STATE)"
+}
+
+cmd_stop_agent() {
+	(($# == 1)) || usage
+	node_arg "$1"
+	recorded_pid "$STATE/$1/agent.pid" >/dev/null || die "$1's agent is not running"
+	stop_recorded "$STATE/$1/agent.pid" "veil-agent on $1"
+}
+
+cmd_start_agent() {
+	(($# == 1)) || usage
+	node_arg "$1"
+	load_topology
+	! recorded_pid "$STATE/$1/agent.pid" >/dev/null || die "$1's agent is already running"
+	start_agent "$1" "$(cgroup_root)"
+	wait_agent "$1"
+}
+
 cmd_ip() {
 	(($# == 1)) || usage
 	load_topology
@@ -878,6 +903,8 @@ main() {
 	logs) cmd_logs "$@" ;;
 	ip) cmd_ip "$@" ;;
 	ip6) cmd_ip6 "$@" ;;
+	stop-agent) cmd_stop_agent "$@" ;;
+	start-agent) cmd_start_agent "$@" ;;
 	-h | --help | help) usage ;;
 	*) log "unknown command '$cmd'"; usage ;;
 	esac
