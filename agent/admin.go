@@ -37,23 +37,9 @@ type LogLevel struct {
 // directory): it tells which identities run on the node and what they connect to.
 func (a *Agent) serveAdmin(ctx context.Context) (*http.Server, error) {
 	path := a.cfg.AdminSocket
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("creating admin socket directory: %w", err)
-	}
-	// A socket file left by an agent that died is in the way; remove it, but never a
-	// socket that another agent is still answering on.
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("another agent is serving on %s; stop it or pick another --admin-socket", path)
-	}
-	os.Remove(path)
-	ln, err := net.Listen("unix", path)
+	ln, err := listenAdmin(path)
 	if err != nil {
-		return nil, fmt.Errorf("listening on admin socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("restricting admin socket %s: %w", path, err)
+		return nil, err
 	}
 
 	mux := http.NewServeMux()
@@ -81,12 +67,56 @@ func (a *Agent) serveAdmin(ctx context.Context) (*http.Server, error) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.errorEvent(err, "admin API stopped").Str(fieldSocket, path).Msg("admin API stopped")
+			a.errorEvent(err, "admin API stopped").Str(fieldSocket, path).
+				Msg("admin API stopped")
 		}
 	}()
 	context.AfterFunc(ctx, func() { srv.Close(); os.Remove(path) })
 	a.log.Info().Str(fieldSocket, path).Msg("admin API listening")
 	return srv, nil
+}
+
+// listenAdmin listens on a Unix socket at path, reachable by root only. The socket is
+// created with the mode its umask gives and only then chmod'ed, so its directory is made
+// 0700 first, whether it is created here or was already there: no other user can reach
+// the socket in between.
+func listenAdmin(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating admin socket directory: %w", err)
+	}
+
+	// A socket file left by an agent that died is in the way; remove it, but never a
+	// socket that another agent is still answering on.
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another agent is serving on %s; "+
+			"stop it or pick another --admin-socket", path)
+	}
+	os.Remove(path)
+
+	// The socket is made in a private directory, restricted to 0600 there and only then
+	// moved into place, so it is never reachable with the process umask's permissions.
+	// The directory it goes to is left as it is: it may be shared, such as /run.
+	tmp, err := os.MkdirTemp(dir, ".veil-admin-")
+	if err != nil {
+		return nil, fmt.Errorf("creating a private directory for the admin socket: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	ln, err := net.Listen("unix", filepath.Join(tmp, "sock"))
+	if err != nil {
+		return nil, fmt.Errorf("listening on admin socket %s: %w", path, err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false) // serveAdmin removes path itself
+	err = os.Chmod(filepath.Join(tmp, "sock"), 0o600)
+	if err == nil {
+		err = os.Rename(filepath.Join(tmp, "sock"), path)
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("restricting admin socket %s: %w", path, err)
+	}
+	return ln, nil
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -111,7 +141,7 @@ func (a *Agent) putLogLevel(w http.ResponseWriter, r *http.Request) {
 	}
 	prev := a.level.get()
 	logChange := func() {
-		a.log.Info().Str(fieldLogLevel, lvl.String()).Str("previous", prev.String()).
+		a.log.Info().Str(fieldLogLevel, lvl.String()).Str(fieldPrevious, prev.String()).
 			Msg("log level changed")
 	}
 	if lvl > zerolog.InfoLevel {
@@ -133,5 +163,6 @@ func parseLogLevel(s string) (zerolog.Level, error) {
 			return zerolog.ParseLevel(s)
 		}
 	}
-	return zerolog.NoLevel, fmt.Errorf("log level %q: want one of %s", s, strings.Join(LogLevels, ", "))
+	return zerolog.NoLevel, fmt.Errorf("log level %q: want one of %s",
+		s, strings.Join(LogLevels, ", "))
 }

@@ -81,7 +81,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	for i, p := range progs {
 		names[i] = p.Name
 	}
-	a.log.Info().Strs(fieldPrograms, names).Str("cgroup", cfg.Cgroup).Msg("BPF programs attached")
+	a.log.Info().Strs(fieldPrograms, names).Str(fieldCgroup, cfg.Cgroup).
+		Msg("BPF programs attached")
 
 	client, err := ca.NewClient(cfg.CAAddr, cfg.CARoot, cfg.NodeTokenFile)
 	if err != nil {
@@ -280,7 +281,8 @@ func (a *Agent) setFileErr(err error) {
 	a.mu.Unlock()
 }
 
-func (a *Agent) onWorkloadFile(ctx context.Context, f *workloadfile.File, problems []error, err error) {
+func (a *Agent) onWorkloadFile(ctx context.Context, f *workloadfile.File, problems []error,
+	err error) {
 	if err != nil {
 		a.setFileErr(err)
 		a.errorEvent(err, "workload file unusable").Str(fieldFile, a.cfg.WorkloadFile).
@@ -288,7 +290,8 @@ func (a *Agent) onWorkloadFile(ctx context.Context, f *workloadfile.File, proble
 		return
 	}
 	if f.TrustDomain != a.td {
-		err := fmt.Errorf("trust domain changed from %s to %s: restart the agent to change it", a.td, f.TrustDomain)
+		err := fmt.Errorf("trust domain changed from %s to %s: "+
+			"restart the agent to change it", a.td, f.TrustDomain)
 		a.setFileErr(err)
 		a.errorEvent(err, "workload file change refused").Str(fieldFile, a.cfg.WorkloadFile).
 			Msg("workload file change refused")
@@ -383,7 +386,9 @@ type trackedSigner struct {
 	lastErr error
 }
 
-func (s *trackedSigner) Sign(ctx context.Context, csr []byte) (chain, bundle []*x509.Certificate, err error) {
+func (s *trackedSigner) Sign(
+	ctx context.Context, csr []byte,
+) (chain, bundle []*x509.Certificate, err error) {
 	chain, bundle, err = s.c.Sign(ctx, csr)
 	s.mu.Lock()
 	defer s.mu.Unlock()

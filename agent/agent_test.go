@@ -49,7 +49,9 @@ func TestSameWorkload(t *testing.T) {
 	for name, change := range map[string]func(*workloadfile.Workload){
 		"service account": func(w *workloadfile.Workload) { w.ServiceAccount = "other" },
 		"netns":           func(w *workloadfile.Workload) { w.Netns = "/run/netns/b" },
-		"ip":              func(w *workloadfile.Workload) { w.IPs = []netip.Addr{netip.MustParseAddr("10.0.0.9")} },
+		"ip": func(w *workloadfile.Workload) {
+			w.IPs = []netip.Addr{netip.MustParseAddr("10.0.0.9")}
+		},
 		"extra ip": func(w *workloadfile.Workload) {
 			w.IPs = append([]netip.Addr{}, w.IPs[0], netip.MustParseAddr("fd00::1"))
 		},
@@ -68,7 +70,8 @@ func TestConfigNamesMissingFlags(t *testing.T) {
 	if err == nil {
 		t.Fatal("incomplete config accepted")
 	}
-	for _, flag := range []string{"--cgroup", "--bpffs", "--admin-socket", "--ca-addr", "--ca-root", "--node-token-file"} {
+	for _, flag := range []string{"--cgroup", "--bpffs", "--admin-socket", "--ca-addr",
+		"--ca-root", "--node-token-file"} {
 		if !strings.Contains(err.Error(), flag) {
 			t.Errorf("error %q does not name %s", err, flag)
 		}

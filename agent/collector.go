@@ -58,8 +58,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	c.a.mu.Unlock()
-	ch <- prometheus.MustNewConstMetric(c.workloads, prometheus.GaugeValue, float64(enrolled), "enrolled")
-	ch <- prometheus.MustNewConstMetric(c.workloads, prometheus.GaugeValue, float64(failed), "failed")
+	ch <- prometheus.MustNewConstMetric(c.workloads, prometheus.GaugeValue,
+		float64(enrolled), "enrolled")
+	ch <- prometheus.MustNewConstMetric(c.workloads, prometheus.GaugeValue,
+		float64(failed), "failed")
 
 	red := c.a.redirector()
 	if red == nil {
@@ -70,7 +72,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(c.mapEntries, err)
 	}
 	for _, u := range usage {
-		ch <- prometheus.MustNewConstMetric(c.mapEntries, prometheus.GaugeValue, float64(u.Entries), u.Name)
-		ch <- prometheus.MustNewConstMetric(c.mapLimit, prometheus.GaugeValue, float64(u.MaxEntries), u.Name)
+		ch <- prometheus.MustNewConstMetric(c.mapEntries, prometheus.GaugeValue,
+			float64(u.Entries), u.Name)
+		ch <- prometheus.MustNewConstMetric(c.mapLimit, prometheus.GaugeValue,
+			float64(u.MaxEntries), u.Name)
 	}
 }

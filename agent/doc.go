@@ -5,8 +5,9 @@
 //
 // Lifetimes. Run owns everything it creates and releases it when its context ends:
 // listeners, namespace handles and identities of every enrolled workload, the admin
-// socket, the metrics and health listener, and the loaded BPF objects. The BPF links stay pinned on purpose (see package
-// redirect), so a stopped agent leaves its pods failing closed, not open.
+// socket, the metrics and health listener, and the loaded BPF objects. The BPF links
+// stay pinned on purpose (see package redirect), so a stopped agent leaves its pods
+// failing closed, not open.
 //
 // Operators see the node through the admin API (admin.go, for agentctl), Prometheus
 // metrics and probes (metrics.go, collector.go, health.go) and the access log

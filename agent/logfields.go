@@ -13,6 +13,10 @@ const (
 	fieldSocket   = "socket"
 	fieldAddr     = "addr"
 	fieldLogLevel = "logLevel"
+	fieldPrevious = "previous"
+	fieldTook     = "took"
+	fieldListener = "listener"
+	fieldCgroup   = "cgroup"
 
 	// Access log fields. They follow ztunnel's access log, so queries written for Istio
 	// ambient find veil's lines too. src is the end that opened the connection, dst the

@@ -89,7 +89,8 @@ func TestConnectionMetricsFollowIstio(t *testing.T) {
 }
 
 func TestPlaintextHasUnknownPeer(t *testing.T) {
-	got := connLabelValues(tlsengine.ConnInfo{Workload: idServer, Direction: tlsengine.InboundPlaintext})
+	got := connLabelValues(tlsengine.ConnInfo{
+		Workload: idServer, Direction: tlsengine.InboundPlaintext})
 	want := []string{"destination", "inbound-plaintext", "unknown", idServer.String(), "none"}
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("labels = %v, want %v", got, want)

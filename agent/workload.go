@@ -57,7 +57,8 @@ func (a *Agent) enroll(ctx context.Context, spec workloadfile.Workload, prev err
 		return w
 	}
 	w.enrolled = time.Now()
-	log.Info().Str(fieldNetns, spec.Netns).Stringer("took", time.Since(start).Round(time.Millisecond)).
+	log.Info().Str(fieldNetns, spec.Netns).
+		Stringer(fieldTook, time.Since(start).Round(time.Millisecond)).
 		Msg("workload enrolled")
 	return w
 }
@@ -69,7 +70,8 @@ func (a *Agent) setUp(ctx context.Context, w *workload) error {
 	}
 	ns, err := redirect.OpenNetns(spec.Netns)
 	if err != nil {
-		return fmt.Errorf("%w; check that the pod exists and the workload file's netns path is right", err)
+		return fmt.Errorf("%w; check that the pod exists and the workload file's "+
+			"netns path is right", err)
 	}
 	w.ns = ns
 	if err := redirect.PrepareNetns(ns, a.cfg.DeliveryMark); err != nil {
@@ -193,7 +195,9 @@ func hasIPv6(ips []netip.Addr) bool {
 // sk_lookup for the length of the handshake so it is not handed back to the agent. A
 // client of the other address family than the app is delivered from the pod's own
 // address of the app's family.
-func (a *Agent) appDialer(ns *redirect.Netns, ips []netip.Addr) func(context.Context, netip.Addr, netip.AddrPort) (net.Conn, error) {
+func (a *Agent) appDialer(
+	ns *redirect.Netns, ips []netip.Addr,
+) func(context.Context, netip.Addr, netip.AddrPort) (net.Conn, error) {
 	return func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 		src = src.Unmap()
 		if !src.IsValid() || src.Is4() != dst.Addr().Is4() {
@@ -221,7 +225,7 @@ func (a *Agent) appDialer(ns *redirect.Netns, ips []netip.Addr) func(context.Con
 func (a *Agent) serve(w *workload, what string, fn func() error) {
 	if err := fn(); err != nil && !errors.Is(err, net.ErrClosed) {
 		a.errorEvent(err, what+" listener of "+key(w.spec)+" stopped").Str(fieldWorkload, key(w.spec)).
-			Str("listener", what).Msg("listener stopped")
+			Str(fieldListener, what).Msg("listener stopped")
 	}
 }
 

@@ -408,6 +408,36 @@ func TestHandlerLimits(t *testing.T) {
 	}
 }
 
+func TestRefusalsRateLimited(t *testing.T) {
+	c := startCA(t, "")
+	var logs bytes.Buffer
+	s, err := NewServer(Config{Dir: filepath.Join(c.dir, "ca"), WorkloadsPath: c.workloadsPath,
+		NodeTokensPath: filepath.Join(c.dir, "tokens"), Log: zerolog.New(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs.Reset()
+
+	const n = 10 * refusedLogBurst
+	for range n {
+		req := httptest.NewRequest(http.MethodPost, SignPath, strings.NewReader(`{}`))
+		req.Header.Set("Authorization", "Bearer not-a-token")
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, req)
+		if rec.Code != http.StatusUnauthorized {
+			t.Fatalf("got %d, want %d", rec.Code, http.StatusUnauthorized)
+		}
+	}
+
+	// The first refusedLogBurst lines are always kept; more only if the loop above
+	// outlasted a refusedLogPeriod, which a slow machine may make it do.
+	got := strings.Count(logs.String(), `"message":"request refused"`)
+	if got < refusedLogBurst || got >= n {
+		t.Errorf("%d refusals logged %d lines, want at least %d and far fewer than %d",
+			n, got, refusedLogBurst, n)
+	}
+}
+
 func TestClientErrors(t *testing.T) {
 	c := startCA(t, "")
 

@@ -32,15 +32,12 @@ const (
 // limit keeps a client from making the CA buffer arbitrary amounts of memory.
 const maxRequestBytes = 64 << 10
 
-// Log field names, defined once.
+// Refusals are logged at most refusedLogBurst a refusedLogPeriod: anyone who can reach
+// the port can be refused, and without a limit could fill the CA's log. The first lines
+// of a burst are kept, so the start of a flood and who sent it are still on record.
 const (
-	logNode     = "node"
-	logIdentity = "identity"
-	logSerial   = "serial"
-	logExpires  = "expires"
-	logRemote   = "remote"
-	logReason   = "reason"
-	logStatus   = "status"
+	refusedLogBurst  = 10
+	refusedLogPeriod = time.Second
 )
 
 // Config is what a Server needs.
@@ -62,6 +59,7 @@ type Config struct {
 type Server struct {
 	cfg       Config
 	log       zerolog.Logger
+	refusals  zerolog.Logger // log, sampled; see refusedLogBurst
 	root      *root
 	tokens    *nodeTokens
 	serving   *servingCert
@@ -84,6 +82,8 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 
 	s := &Server{cfg: cfg, log: cfg.Log, now: time.Now}
+	s.refusals = cfg.Log.Sample(&zerolog.BurstSampler{
+		Burst: refusedLogBurst, Period: refusedLogPeriod})
 	r, created, err := loadOrCreateRoot(cfg.Dir, s.now())
 	if err != nil {
 		return nil, fmt.Errorf("loading root: %w", err)
@@ -108,7 +108,7 @@ func (s *Server) logRoot(created bool) {
 	if created {
 		msg = "created root"
 	}
-	s.log.Info().Str("dir", s.cfg.Dir).Str(logSerial, s.root.cert.SerialNumber.Text(16)).
+	s.log.Info().Str(logDir, s.cfg.Dir).Str(logSerial, s.root.cert.SerialNumber.Text(16)).
 		Time(logExpires, s.root.cert.NotAfter).Msg(msg)
 }
 
@@ -180,8 +180,10 @@ func (s *Server) setWorkloads(f *workloadfile.File, problems []error) {
 		s.log.Warn().Err(p).Msg("workload left out")
 	}
 	s.workloads.Store(f)
-	s.log.Info().Str("path", s.cfg.WorkloadsPath).Str("trustDomain", f.TrustDomain.Name()).
-		Int("workloads", len(f.Workloads)).Msg("loaded workload file")
+	s.log.Info().Str(logPath, s.cfg.WorkloadsPath).
+		Str(logTrustDomain, f.TrustDomain.Name()).
+		Int(logWorkloads, len(f.Workloads)).
+		Msg("loaded workload file")
 }
 
 // Handler returns the CA's HTTP API.
@@ -280,10 +282,12 @@ func decodeRequest(w http.ResponseWriter, r *http.Request, v any) (int, string) 
 	return 0, ""
 }
 
-// refuse answers with an error and logs the refusal with what is known of the caller.
+// refuse answers with an error and logs the refusal, rate-limited, with what is known of
+// the caller.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, node string,
 	id spiffeid.ID, msg string) {
-	ev := s.log.Warn().Int(logStatus, status).Str(logRemote, r.RemoteAddr).Str(logReason, msg)
+	ev := s.refusals.Warn().Int(logStatus, status).Str(logRemote, r.RemoteAddr).
+		Str(logReason, msg)
 	if node != "" {
 		ev = ev.Str(logNode, node)
 	}

@@ -31,7 +31,7 @@ func loadNodeTokens(path string) (*nodeTokens, error) {
 	}
 	t, err := parseNodeTokens(data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("reading node tokens %s: %w", path, err)
 	}
 	return t, nil
 }
@@ -65,7 +65,7 @@ func parseNodeTokens(data []byte) (*nodeTokens, error) {
 		t.entries = append(t.entries, e)
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading node tokens: %w", err)
+		return nil, fmt.Errorf("splitting into lines: %w", err)
 	}
 
 	if len(t.entries) == 0 {

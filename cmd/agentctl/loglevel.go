@@ -11,9 +11,10 @@ import (
 
 func newLogLevelCmd(o *options) *cobra.Command {
 	return &cobra.Command{
-		Use:       "log-level [LEVEL]",
-		Short:     "Show the agent's log level, or change it while the agent runs",
-		Long:      "Show the agent's log level, or set it to one of: trace, debug, info, warn, error.\nThe change lasts until the agent restarts, which goes back to --log-level.",
+		Use:   "log-level [LEVEL]",
+		Short: "Show the agent's log level, or change it while the agent runs",
+		Long: "Show the agent's log level, or set it to one of: trace, debug, info, warn, " +
+			"error.\nThe change lasts until the agent restarts, which goes back to --log-level.",
 		Args:      cobra.MatchAll(cobra.MaximumNArgs(1), cobra.OnlyValidArgs),
 		ValidArgs: agent.LogLevels,
 		RunE: func(cmd *cobra.Command, args []string) error {

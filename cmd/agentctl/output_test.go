@@ -24,7 +24,10 @@ func TestYAMLKeepsJSONNamesAndOrder(t *testing.T) {
 }
 
 func TestOutputFormatChecked(t *testing.T) {
-	for f, ok := range map[string]bool{"table": true, "json": true, "yaml": true, "xml": false, "": false} {
+	formats := map[string]bool{
+		"table": true, "json": true, "yaml": true, "xml": false, "": false,
+	}
+	for f, ok := range formats {
 		if err := (&options{output: f}).checkOutput(); (err == nil) != ok {
 			t.Errorf("checkOutput(%q) = %v", f, err)
 		}

@@ -98,8 +98,8 @@ func (o *options) do(ctx context.Context, method, path string, body, v any) erro
 func (o *options) dialError(err error) error {
 	switch {
 	case errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Errorf("no veil agent is running at %s (start veil-agent, or point --socket or %s at its admin socket)",
-			o.socket, socketEnv)
+		return fmt.Errorf("no veil agent is running at %s (start veil-agent, "+
+			"or point --socket or %s at its admin socket)", o.socket, socketEnv)
 	case errors.Is(err, os.ErrPermission):
 		return fmt.Errorf("not allowed to open %s: the admin socket is root's only", o.socket)
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/veil-mesh/veil/agent"
+	"github.com/veil-mesh/veil/redirect"
+	"github.com/veil-mesh/veil/tlsengine"
 )
 
 func newStatusCmd(o *options) *cobra.Command {
@@ -21,12 +23,32 @@ func newStatusCmd(o *options) *cobra.Command {
 			if err := o.get(cmd.Context(), agent.StatusPath, &s); err != nil {
 				return err
 			}
-			return o.print(cmd.OutOrStdout(), s, func(w io.Writer) error { return printStatus(w, s) })
+			return o.print(cmd.OutOrStdout(), s,
+				func(w io.Writer) error { return printStatus(w, s) })
 		},
 	}
 }
 
+// printStatus prints s as sections: a summary, then one table or list per part of the
+// node. Empty optional sections are left out.
 func printStatus(out io.Writer, s agent.Status) error {
+	printSummary(out, s)
+	printPrograms(out, s.Programs)
+	printMaps(out, s.Maps)
+
+	fmt.Fprintln(out, "\nWorkloads:")
+	if err := printWorkloads(out, s.Workloads, s.Identities, "  "); err != nil {
+		return err
+	}
+
+	printPeers(out, s.Traffic.Peers)
+	printFileProblems(out, s.WorkloadFile)
+	printRecentErrors(out, s.RecentErrors)
+	return nil
+}
+
+// printSummary prints the node-wide facts as an aligned "Key: value" block.
+func printSummary(out io.Writer, s agent.Status) {
 	w := newTable(out)
 	fmt.Fprintf(w, "Node:\t%s\n", s.Node)
 	fmt.Fprintf(w, "Version:\t%s\n", s.Version)
@@ -44,29 +66,39 @@ func printStatus(out io.Writer, s agent.Status) error {
 	}
 	fmt.Fprintf(w, "CA:\t%s (%s)\n", s.CA.Addr, ca)
 	if s.SoonestExpiry != nil {
-		fmt.Fprintf(w, "Soonest cert expiry:\t%s (in %s)\n", s.SoonestExpiry.Format(time.RFC3339),
+		fmt.Fprintf(w, "Soonest cert expiry:\t%s (in %s)\n",
+			s.SoonestExpiry.Format(time.RFC3339),
 			time.Until(*s.SoonestExpiry).Round(time.Second))
 	}
+
 	t := s.Traffic
-	fmt.Fprintf(w, "Connections:\topened %d, closed %d, failed %d\n", t.Opened, t.Closed, t.Failed)
+	fmt.Fprintf(w, "Connections:\topened %d, closed %d, failed %d\n",
+		t.Opened, t.Closed, t.Failed)
 	fmt.Fprintf(w, "Bytes:\tsent %d, received %d\n", t.BytesSent, t.BytesReceived)
+	fmt.Fprintf(w, "Kernel features:\t%s\n", features(s.Features))
+	w.Flush()
+}
+
+// features says whether every kernel feature the agent probes for is present, and
+// names those missing if not.
+func features(fs []redirect.Feature) string {
 	var missing []string
-	for _, f := range s.Features {
+	for _, f := range fs {
 		if !f.Available {
 			missing = append(missing, f.Name)
 		}
 	}
 	if len(missing) == 0 {
-		fmt.Fprintf(w, "Kernel features:\tall %d present\n", len(s.Features))
-	} else {
-		fmt.Fprintf(w, "Kernel features:\tMISSING %s\n", strings.Join(missing, ", "))
+		return fmt.Sprintf("all %d present", len(fs))
 	}
-	w.Flush()
+	return "MISSING " + strings.Join(missing, ", ")
+}
 
+func printPrograms(out io.Writer, progs []agent.ProgramStatus) {
 	fmt.Fprintln(out, "\nPrograms:")
-	w = newTable(out)
+	w := newTable(out)
 	fmt.Fprintln(w, "  NAME\tTYPE\tID\tATTACHED TO\tPINNED AT")
-	for _, p := range s.Programs {
+	for _, p := range progs {
 		pin := p.Pin
 		if !p.Pinned {
 			pin = "NOT PINNED " + pin
@@ -74,46 +106,53 @@ func printStatus(out io.Writer, s agent.Status) error {
 		fmt.Fprintf(w, "  %s\t%s\t%d\t%s\t%s\n", p.Name, p.Type, p.ID, p.AttachTo, pin)
 	}
 	w.Flush()
+}
 
-	if len(s.Maps) > 0 {
-		fmt.Fprintln(out, "\nBPF maps:")
-		w = newTable(out)
-		fmt.Fprintln(w, "  NAME\tENTRIES\tMAX")
-		for _, m := range s.Maps {
-			fmt.Fprintf(w, "  %s\t%d\t%d\n", m.Name, m.Entries, m.MaxEntries)
-		}
-		w.Flush()
+func printMaps(out io.Writer, maps []redirect.MapUsage) {
+	if len(maps) == 0 {
+		return
 	}
+	fmt.Fprintln(out, "\nBPF maps:")
+	w := newTable(out)
+	fmt.Fprintln(w, "  NAME\tENTRIES\tMAX")
+	for _, m := range maps {
+		fmt.Fprintf(w, "  %s\t%d\t%d\n", m.Name, m.Entries, m.MaxEntries)
+	}
+	w.Flush()
+}
 
-	fmt.Fprintln(out, "\nWorkloads:")
-	if err := printWorkloads(out, s.Workloads, s.Identities, "  "); err != nil {
-		return err
+func printPeers(out io.Writer, peers []tlsengine.PeerCount) {
+	if len(peers) == 0 {
+		return
 	}
+	fmt.Fprintln(out, "\nPeers (verified identities, connections since start):")
+	w := newTable(out)
+	fmt.Fprintln(w, "  WORKLOAD\tDIRECTION\tPEER\tCONNECTIONS")
+	for _, p := range peers {
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%d\n", p.Workload, p.Direction, p.Peer, p.Connections)
+	}
+	w.Flush()
+}
 
-	if len(t.Peers) > 0 {
-		fmt.Fprintln(out, "\nPeers (verified identities, connections since start):")
-		w = newTable(out)
-		fmt.Fprintln(w, "  WORKLOAD\tDIRECTION\tPEER\tCONNECTIONS")
-		for _, p := range t.Peers {
-			fmt.Fprintf(w, "  %s\t%s\t%s\t%d\n", p.Workload, p.Direction, p.Peer, p.Connections)
-		}
-		w.Flush()
+func printFileProblems(out io.Writer, f agent.FileStatus) {
+	if f.Error == "" && len(f.Problems) == 0 {
+		return
 	}
+	fmt.Fprintf(out, "\nWorkload file %s:\n", f.Path)
+	if f.Error != "" {
+		fmt.Fprintf(out, "  %s\n", f.Error)
+	}
+	for _, p := range f.Problems {
+		fmt.Fprintf(out, "  %s\n", p)
+	}
+}
 
-	if s.WorkloadFile.Error != "" || len(s.WorkloadFile.Problems) > 0 {
-		fmt.Fprintf(out, "\nWorkload file %s:\n", s.WorkloadFile.Path)
-		if s.WorkloadFile.Error != "" {
-			fmt.Fprintf(out, "  %s\n", s.WorkloadFile.Error)
-		}
-		for _, p := range s.WorkloadFile.Problems {
-			fmt.Fprintf(out, "  %s\n", p)
-		}
+func printRecentErrors(out io.Writer, errs []agent.RecentError) {
+	if len(errs) == 0 {
+		return
 	}
-	if len(s.RecentErrors) > 0 {
-		fmt.Fprintln(out, "\nRecent errors:")
-		for _, e := range s.RecentErrors {
-			fmt.Fprintf(out, "  %s  %s\n", e.Time.Format(time.TimeOnly), e.Message)
-		}
+	fmt.Fprintln(out, "\nRecent errors:")
+	for _, e := range errs {
+		fmt.Fprintf(out, "  %s  %s\n", e.Time.Format(time.TimeOnly), e.Message)
 	}
-	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,6 +35,7 @@ func newRootCmd() *cobra.Command {
 		logLevel  string
 		logFormat string
 	)
+	reloadEvery, envErr := envDuration("VEIL_RELOAD_EVERY", 2*time.Second)
 	cmd := &cobra.Command{
 		Use:           "veil-agent",
 		Short:         "Intercept enrolled pods' TCP with eBPF and carry it over mTLS",
@@ -41,6 +43,9 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 		Version:       version,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if envErr != nil {
+				return envErr
+			}
 			log, err := newLogger(logLevel, logFormat)
 			if err != nil {
 				return err
@@ -48,7 +53,8 @@ func newRootCmd() *cobra.Command {
 			for _, e := range exclude {
 				p, err := netip.ParsePrefix(e)
 				if err != nil {
-					return fmt.Errorf("--exclude %q: want a CIDR such as 10.0.0.0/8: %w", e, err)
+					return fmt.Errorf("--exclude %q: want a CIDR such as 10.0.0.0/8: %w",
+						e, err)
 				}
 				cfg.Exclude = append(cfg.Exclude, p)
 			}
@@ -59,29 +65,49 @@ func newRootCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Node, "node", envOr("VEIL_NODE", ""), "name of this node, as the workload file names it (env VEIL_NODE)")
-	f.StringVar(&cfg.WorkloadFile, "workloads", "/etc/veil/workloads.yaml", "workload file")
-	f.StringVar(&cfg.Cgroup, "cgroup", "", "cgroup v2 directory whose processes are intercepted")
-	f.StringVar(&cfg.PinDir, "bpffs", "/sys/fs/bpf/veil", "directory in bpffs for this agent's pinned links")
-	f.StringVar(&cfg.AdminSocket, "admin-socket", envOr("VEIL_ADMIN_SOCKET", "/run/veil/agent.sock"), "Unix socket of the admin API (env VEIL_ADMIN_SOCKET)")
-	f.StringVar(&cfg.CAAddr, "ca-addr", "", "address of veil-ca, host:port")
-	f.StringVar(&cfg.CARoot, "ca-root", "", "PEM file of the CA root that veil-ca's serving certificate chains to")
-	f.StringVar(&cfg.NodeTokenFile, "node-token-file", "", "file holding this node's token for the CA")
-	f.StringSliceVar(&exclude, "exclude", nil, "destination CIDRs never intercepted (repeatable)")
-	f.DurationVar(&cfg.ReloadEvery, "reload-every", 2*time.Second, "how often the workload file is checked for changes")
-	f.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr("VEIL_METRICS_ADDR", agent.DefaultMetricsAddr),
-		"where /metrics, /healthz and /readyz are served; empty turns them off (env VEIL_METRICS_ADDR)")
+	f.StringVar(&cfg.Node, "node", envOr("VEIL_NODE", ""),
+		"name of this node, as the workload file names it (env VEIL_NODE)")
+	f.StringVar(&cfg.WorkloadFile, "workloads",
+		envOr("VEIL_WORKLOADS", "/etc/veil/workloads.yaml"),
+		"workload file (env VEIL_WORKLOADS)")
+	f.StringVar(&cfg.Cgroup, "cgroup", envOr("VEIL_CGROUP", ""),
+		"cgroup v2 directory whose processes are intercepted (env VEIL_CGROUP)")
+	f.StringVar(&cfg.PinDir, "bpffs", envOr("VEIL_BPFFS", "/sys/fs/bpf/veil"),
+		"directory in bpffs for this agent's pinned links (env VEIL_BPFFS)")
+	f.StringVar(&cfg.AdminSocket, "admin-socket",
+		envOr("VEIL_ADMIN_SOCKET", "/run/veil/agent.sock"),
+		"Unix socket of the admin API (env VEIL_ADMIN_SOCKET)")
+	f.StringVar(&cfg.CAAddr, "ca-addr", envOr("VEIL_CA_ADDR", ""),
+		"address of veil-ca, host:port (env VEIL_CA_ADDR)")
+	f.StringVar(&cfg.CARoot, "ca-root", envOr("VEIL_CA_ROOT", ""),
+		"PEM file of the CA root that veil-ca's serving certificate chains to "+
+			"(env VEIL_CA_ROOT)")
+	f.StringVar(&cfg.NodeTokenFile, "node-token-file", envOr("VEIL_NODE_TOKEN_FILE", ""),
+		"file holding this node's token for the CA (env VEIL_NODE_TOKEN_FILE)")
+	f.StringSliceVar(&exclude, "exclude", envList("VEIL_EXCLUDE"),
+		"destination CIDRs never intercepted (repeatable; env VEIL_EXCLUDE, comma-separated)")
+	f.DurationVar(&cfg.ReloadEvery, "reload-every", reloadEvery,
+		"how often the workload file is checked for changes (env VEIL_RELOAD_EVERY)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr",
+		envOr("VEIL_METRICS_ADDR", agent.DefaultMetricsAddr),
+		"where /metrics, /healthz and /readyz are served; empty turns them off "+
+			"(env VEIL_METRICS_ADDR)")
 	f.BoolVar(&cfg.AccessLog, "access-log", envOr("VEIL_ACCESS_LOG", "") == "true",
 		"log one info line per closed connection (env VEIL_ACCESS_LOG=true)")
-	f.StringVar(&logLevel, "log-level", envOr("VEIL_LOG_LEVEL", "info"), "trace, debug, info, warn or error; agentctl log-level changes it at run time (env VEIL_LOG_LEVEL)")
-	f.StringVar(&logFormat, "log-format", envOr("VEIL_LOG_FORMAT", ""), "json or console; default console on a terminal, json otherwise (env VEIL_LOG_FORMAT)")
+	f.StringVar(&logLevel, "log-level", envOr("VEIL_LOG_LEVEL", "info"),
+		"trace, debug, info, warn or error; agentctl log-level changes it at run time "+
+			"(env VEIL_LOG_LEVEL)")
+	f.StringVar(&logFormat, "log-format", envOr("VEIL_LOG_FORMAT", ""),
+		"json or console; default console on a terminal, json otherwise "+
+			"(env VEIL_LOG_FORMAT)")
 	return cmd
 }
 
 func newLogger(level, format string) (zerolog.Logger, error) {
 	lvl, err := zerolog.ParseLevel(level)
 	if err != nil {
-		return zerolog.Logger{}, fmt.Errorf("--log-level %q: want trace, debug, info, warn or error", level)
+		return zerolog.Logger{}, fmt.Errorf("--log-level %q: "+
+			"want trace, debug, info, warn or error", level)
 	}
 	if format == "" {
 		format = "json"
@@ -106,4 +132,28 @@ func envOr(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// envList is envOr for a list: the variable's value split at commas, or nil when it is
+// unset or empty.
+func envList(name string) []string {
+	v := envOr(name, "")
+	if v == "" {
+		return nil
+	}
+	return strings.Split(v, ",")
+}
+
+// envDuration is envOr for a duration. A malformed value is returned as an error, so that
+// the agent fails with it instead of silently using the default.
+func envDuration(name string, def time.Duration) (time.Duration, error) {
+	v := envOr(name, "")
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return def, fmt.Errorf("%s=%q: %w; use a duration such as 2s or 1m", name, v, err)
+	}
+	return d, nil
 }

@@ -17,6 +17,12 @@ import (
 	"github.com/veil-mesh/veil/ca"
 )
 
+// Log field names, defined once; package ca defines those of the lines it logs itself.
+const (
+	logListen  = "listen"
+	logCertTTL = "certTTL"
+)
+
 type serveFlags struct {
 	dir, listen, workloads, nodeTokens string
 	certTTL, reload                    time.Duration
@@ -80,7 +86,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w; check --listen", f.listen, err)
 	}
-	log.Info().Str("listen", ln.Addr().String()).Str("certTTL", f.certTTL.String()).
+	log.Info().Str(logListen, ln.Addr().String()).Str(logCertTTL, f.certTTL.String()).
 		Msg("veil-ca serving")
 	return srv.Serve(ctx, ln)
 }

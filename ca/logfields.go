@@ -1,0 +1,17 @@
+package ca
+
+// Log field names, defined once so every line about the same thing can be found with the
+// same query.
+const (
+	logNode        = "node"
+	logIdentity    = "identity"
+	logSerial      = "serial"
+	logExpires     = "expires"
+	logRemote      = "remote"
+	logReason      = "reason"
+	logStatus      = "status"
+	logDir         = "dir"
+	logPath        = "path"
+	logTrustDomain = "trustDomain"
+	logWorkloads   = "workloads"
+)
