@@ -2,7 +2,6 @@ package tlsengine
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -96,7 +95,7 @@ func (e *Engine) clientConn(ctx context.Context, w *Workload, ip netip.Addr,
 		return nil, fmt.Errorf("dialing HBONE server %s: %w", addr, err)
 	}
 
-	tc := tls.Client(raw, e.clientTLS(w, peer))
+	tc := newBatchedClient(raw, e.clientTLS(w, peer))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
 		e.rejectLog.Warn().Stringer(logKeyWorkload, w.ID).Stringer(logKeyPeerAddr, addr).

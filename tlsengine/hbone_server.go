@@ -31,7 +31,7 @@ func (e *Engine) serveHBONEConn(raw net.Conn, w *Workload, cfg *tls.Config) {
 	defer raw.Close()
 	remote := addrPortOf(raw.RemoteAddr())
 
-	tc := tls.Server(raw, cfg)
+	tc := newBatchedServer(raw, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
