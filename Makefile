@@ -19,7 +19,7 @@ LDFLAGS := -X main.version=$(VERSION)
 export VEIL_BIN     := $(BIN)
 export VEIL_SCRIPTS := $(CURDIR)/scripts
 
-.PHONY: help build generate demo test vet lint deps clean cluster-up cluster-down
+.PHONY: help build generate demo bench test vet lint deps clean cluster-up cluster-down
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-13s %s\n", $$1, $$2 }'
@@ -36,6 +36,9 @@ deps: ## install missing Debian packages and mount bpffs (idempotent)
 
 demo: deps build ## run the two-node demo and prove the wire carries no plaintext
 	BIN=$(BIN) scripts/demo.sh
+
+bench: deps build ## benchmark veil against plain pod-to-pod and stunnel (ARGS=--quick: under 2 min)
+	BIN=$(BIN) scripts/bench.sh $(ARGS)
 
 vet:
 	$(GO) vet ./...

@@ -25,6 +25,9 @@ PACKAGES=(
 	procps       # sysctl: ip_forward in node namespaces
 	util-linux   # nsenter, setsid
 	jq           # reading `agentctl status -o json` in scripts
+	stunnel4     # `make bench` only: the classic TLS tunnel veil is compared with
+	gnuplot-nox  # `make bench` only: the results chart
+	openssl      # `make bench` only: stunnel's throwaway certificate
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
