@@ -19,7 +19,7 @@ LDFLAGS := -X main.version=$(VERSION)
 export VEIL_BIN     := $(BIN)
 export VEIL_SCRIPTS := $(CURDIR)/scripts
 
-.PHONY: help build generate demo bench test vet lint deps clean cluster-up cluster-down
+.PHONY: help build generate demo bench test fuzz vet lint deps clean cluster-up cluster-down
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-13s %s\n", $$1, $$2 }'
@@ -43,8 +43,22 @@ bench: deps build ## benchmark veil against plain pod-to-pod and stunnel (ARGS=-
 vet:
 	$(GO) vet ./...
 
-test: deps build lint ## gofmt and go vet, then every test; privileged tests run when root
+test: deps build lint ## gofmt and go vet, every test (privileged ones when root), then fuzzing
 	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) --no-print-directory fuzz
+
+# Every parser that takes input from outside: what peers send to 15008, what nodes send
+# to the CA, and the files operators write. Crashers found land in testdata/fuzz and
+# then run with every `go test`.
+FUZZ_TARGETS := ./tlsengine:FuzzHBONEServer ./ca:FuzzCheckCSR ./ca:FuzzParseNodeTokens \
+	./agent/workloadfile:FuzzParse
+FUZZTIME ?= 5s
+
+fuzz: ## run each fuzz target for FUZZTIME (default 5s)
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzzing $${t#*:} in $${t%%:*} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}" || exit 1; \
+	done
 
 lint: vet ## gofmt must list nothing, and go vet must pass
 	@out=$$(gofmt -l .); \

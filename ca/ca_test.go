@@ -133,7 +133,7 @@ func (c *testCA) client(t *testing.T, token string) *Client {
 	return cl
 }
 
-func newCSR(t *testing.T, key crypto.Signer, uris ...string) []byte {
+func newCSR(t testing.TB, key crypto.Signer, uris ...string) []byte {
 	t.Helper()
 	tmpl := &x509.CertificateRequest{}
 	for _, u := range uris {
@@ -150,7 +150,7 @@ func newCSR(t *testing.T, key crypto.Signer, uris ...string) []byte {
 	return der
 }
 
-func p256(t *testing.T) *ecdsa.PrivateKey {
+func p256(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
