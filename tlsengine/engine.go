@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"syscall"
 	"time"
 
@@ -64,6 +65,9 @@ type Config struct {
 	// MaxStreamsPerConn caps the tunnels one pooled HBONE connection carries; a new
 	// connection is made past it. 0: DefaultMaxStreamsPerConn.
 	MaxStreamsPerConn int
+	// AgentPorts are the agent's own ports inside each workload (its listeners there);
+	// the HBONE port is always one. Nothing is delivered to them.
+	AgentPorts []uint16
 	// PoolIdleTimeout closes a pooled connection that carried no tunnel for this long.
 	// 0: DefaultPoolIdleTimeout.
 	PoolIdleTimeout time.Duration
@@ -104,6 +108,10 @@ func NewEngine(cfg Config) *Engine {
 	}
 	e.conns.init()
 	return e
+}
+
+func (e *Engine) isAgentPort(port uint16) bool {
+	return port == e.cfg.HBONEPort || slices.Contains(e.cfg.AgentPorts, port)
 }
 
 // Forget closes what the engine keeps for w beyond its listeners: its pooled HBONE

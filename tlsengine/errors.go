@@ -18,4 +18,7 @@ var (
 	ErrBadAuthority = errors.New("authority is not ip:port")
 	// ErrNotLocal: a destination is not an address of the workload that received it.
 	ErrNotLocal = errors.New("destination is not an address of this workload")
+	// ErrAgentPort: a destination is one of the agent's own ports in the workload; a
+	// tunnel there would reach the agent, not the application.
+	ErrAgentPort = errors.New("destination is one of the agent's own ports")
 )

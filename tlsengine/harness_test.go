@@ -170,6 +170,7 @@ func newMesh(t testing.TB, o meshOpts) *testMesh {
 		TrustDomain: meshTD, Bundle: m.ca.bundle(),
 		Log:       zerolog.New(m.serverLogs).Level(zerolog.DebugLevel),
 		HBONEPort: hbonePort, DialTimeout: o.serverDialTimeout, Observer: o.serverObs,
+		AgentPorts: []uint16{15001, 15006},
 	})
 
 	serveUntilCleanup(t, outLn, func() error {

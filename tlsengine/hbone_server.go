@@ -139,6 +139,9 @@ func (sc *h2Conn) target(r connectRequest) (netip.AddrPort, int, error) {
 	if !sc.w.isLocal(dst.Addr()) {
 		return netip.AddrPort{}, http.StatusBadRequest, fmt.Errorf("%w: %s", ErrNotLocal, dst)
 	}
+	if sc.e.isAgentPort(dst.Port()) {
+		return netip.AddrPort{}, http.StatusBadRequest, fmt.Errorf("%w: %s", ErrAgentPort, dst)
+	}
 	return dst, 0, nil
 }
 

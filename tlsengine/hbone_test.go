@@ -328,6 +328,8 @@ func TestHBONERefusesBadRequests(t *testing.T) {
 		{"not a local IP", http.MethodConnect, "127.0.0.3:80", http.StatusBadRequest},
 		{"host name", http.MethodConnect, "localhost:80", http.StatusBadRequest},
 		{"port zero", http.MethodConnect, "127.0.0.1:0", http.StatusBadRequest},
+		{"the agent's HBONE port", http.MethodConnect, m.hboneAddr, http.StatusBadRequest},
+		{"another agent port", http.MethodConnect, "127.0.0.1:15006", http.StatusBadRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

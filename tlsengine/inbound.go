@@ -38,6 +38,9 @@ func (e *Engine) dialLocal(w *Workload, src netip.Addr, dst netip.AddrPort) (net
 	if !w.isLocal(dst.Addr()) {
 		return nil, fmt.Errorf("%w: %s", ErrNotLocal, dst)
 	}
+	if e.isAgentPort(dst.Port()) {
+		return nil, fmt.Errorf("%w: %s", ErrAgentPort, dst)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout)
 	defer cancel()
 	app, err := w.DialApp(ctx, src, dst)
