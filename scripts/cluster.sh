@@ -452,7 +452,9 @@ make_pod() {
 	nns=$(netns "$node")
 	n=$(node_num "$node")
 
-	step "creating pod $pod ($ip${ip6:+ $ip6}${ip6:-, no IPv6}) on $node"
+	local v6desc=", no IPv6"
+	[[ -z $ip6 ]] || v6desc=" $ip6"
+	step "creating pod $pod ($ip$v6desc) on $node"
 	if [[ -n $ip6 ]]; then
 		add_netns "$pod" "${V6_ON[@]}"
 	else
