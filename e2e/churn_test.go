@@ -23,12 +23,19 @@ func TestShortConnectionsLeakNothing(t *testing.T) {
 		return usage{m.sum("process_open_fds", nil), m.sum("go_goroutines", nil)}
 	}
 	before := map[string]usage{"node1": read("node1"), "node2": read("node2")}
+	poolBefore := c.status(t, "node1").Traffic.Pool
 
 	start := time.Now()
 	if out := c.run(t, "client", "churn", dst, fmt.Sprint(churnConnections)); out != "done" {
 		t.Fatalf("churn: %q", out)
 	}
 	t.Logf("%d connections in %s", churnConnections, time.Since(start).Round(time.Millisecond))
+
+	// They were streams of pooled HBONE connections, not connections of their own.
+	if p := c.status(t, "node1").Traffic.Pool; p.Opened-poolBefore.Opened > 1 {
+		t.Errorf("node1 opened %d HBONE connections for %d tunnels, want them to share one",
+			p.Opened-poolBefore.Opened, churnConnections)
+	}
 
 	// The agents close their side within moments of the client; a few stragglers may be
 	// finishing. Small slack allows for an idle pooled connection and runtime helpers.
