@@ -180,6 +180,8 @@ static __always_inline struct netns_cfg *should_redirect(struct bpf_sock_addr *c
 		return NULL;
 	sk = ctx->sk;
 	// A mark of 0 is every unmarked socket: never skip on it, even if a mark is unset.
+	// TODO(egress-guard): a pod process with CAP_NET_ADMIN can set the agent's mark and
+	// skip this hook; the NFQUEUE egress guard is what is to catch such flows.
 	if (!sk || (sk->mark && (sk->mark == agent_mark || sk->mark == delivery_mark)))
 		return NULL;
 	cookie = bpf_get_netns_cookie(ctx);
