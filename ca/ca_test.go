@@ -18,11 +18,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/veil-mesh/veil/internal/testlog"
 )
 
 const testWorkloads = `trustDomain: cluster.local
@@ -47,25 +48,7 @@ node2 token-two
 // testCA is a CA serving real TLS on 127.0.0.1 with its files in a temporary directory.
 type testCA struct {
 	dir, addr, rootPath, workloadsPath string
-	logs                               *syncBuffer
-}
-
-// syncBuffer is a log sink that request handlers and the test can share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs                               *testlog.Buffer
 }
 
 func writeFile(t *testing.T, path, data string) {
@@ -85,7 +68,7 @@ func startCA(t *testing.T, dir string) *testCA {
 		dir:           dir,
 		rootPath:      filepath.Join(dir, "ca", RootCertFile),
 		workloadsPath: filepath.Join(dir, "workloads.yaml"),
-		logs:          &syncBuffer{},
+		logs:          &testlog.Buffer{},
 	}
 	if _, err := os.Stat(c.workloadsPath); err != nil {
 		writeFile(t, c.workloadsPath, testWorkloads)

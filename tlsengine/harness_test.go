@@ -1,7 +1,6 @@
 package tlsengine
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +17,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/veil-mesh/veil/internal/testlog"
 )
 
 // testTimeout bounds every blocking step of a test, so a bug fails it instead of
@@ -66,24 +67,6 @@ func (o *origTable) lookup(c net.Conn) (netip.AddrPort, error) {
 	}
 }
 
-// lockedBuf is a log sink shared by the engine's goroutines and the test.
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // meshOpts varies a test mesh. Zero values give workload a (client) and b (server) with
 // correct SVIDs.
 type meshOpts struct {
@@ -107,8 +90,8 @@ type testMesh struct {
 	t              testing.TB
 	ca             *testCA
 	client, server *Engine
-	clientLogs     *lockedBuf
-	serverLogs     *lockedBuf
+	clientLogs     *testlog.Buffer
+	serverLogs     *testlog.Buffer
 	a, b           *Workload
 	orig           origTable
 	outAddr        string
@@ -139,7 +122,7 @@ func newMesh(t testing.TB, o meshOpts) *testMesh {
 	if o.dialApp == nil {
 		o.dialApp = dialTCP
 	}
-	m := &testMesh{t: t, ca: newTestCA(t), clientLogs: &lockedBuf{}, serverLogs: &lockedBuf{}}
+	m := &testMesh{t: t, ca: newTestCA(t), clientLogs: &testlog.Buffer{}, serverLogs: &testlog.Buffer{}}
 
 	hboneLn := listen(t, "127.0.0.1:0")
 	m.hboneAddr = hboneLn.Addr().String()

@@ -1,7 +1,6 @@
 package tlsengine
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/veil-mesh/veil/internal/testlog"
 )
 
 // fakeCA is an in-test CA that signs CSRs with a lifetime the test controls, and can be
@@ -111,27 +112,9 @@ var (
 	testID = spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/sa-a")
 )
 
-// syncBuffer is a log sink the renewal goroutines and the test can share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func newTestStore(t *testing.T, ca *fakeCA) (*IdentityStore, *syncBuffer) {
+func newTestStore(t *testing.T, ca *fakeCA) (*IdentityStore, *testlog.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	s := NewIdentityStore(ca, testTD, zerolog.New(logs))
 	t.Cleanup(s.Close)
 	return s, logs
