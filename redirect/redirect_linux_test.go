@@ -73,6 +73,22 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
+// nodeServer listens on addr in the node namespace, outside the enrolled pod.
+func (f *fixture) nodeServer(t *testing.T, addr string) (*redirect.Netns, *net.TCPListener) {
+	t.Helper()
+	ns, err := redirect.OpenNetns(f.node.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	srv, err := ns.Listen(netip.MustParseAddrPort(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return ns, srv
+}
+
 func (f *fixture) listen(t *testing.T, addr string) *net.TCPListener {
 	t.Helper()
 	ln, err := f.podNS.Listen(netip.MustParseAddrPort(addr))
@@ -139,16 +155,7 @@ func TestOtherNamespacesAndCgroupsAreNotRedirected(t *testing.T) {
 	f := newFixture(t)
 	// A server in the node namespace, reached from the pod's netns but from a process that
 	// is outside the attached cgroup, and from the pod's cgroup but another netns.
-	nodeNS, err := redirect.OpenNetns(f.node.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nodeNS.Close()
-	srv, err := nodeNS.Listen(netip.MustParseAddrPort("10.99.0.1:9000"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	nodeNS, srv := f.nodeServer(t, "10.99.0.1:9000")
 
 	testenv.Run(t, f.pod.Path, "", "bash", "-c", "exec 3<>/dev/tcp/10.99.0.1/9000")
 	if c, err := accept(t, srv); err != nil {
@@ -329,16 +336,7 @@ func TestTransparentDeliveryRefusedAtOnce(t *testing.T) {
 // Only Prune, for a pod no longer wanted, lets its traffic go direct again.
 func TestStoppedAgentFailsClosedUntilPruned(t *testing.T) {
 	f := newFixture(t)
-	nodeNS, err := redirect.OpenNetns(f.node.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nodeNS.Close()
-	srv, err := nodeNS.Listen(netip.MustParseAddrPort("10.99.0.1:9000"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	_, srv := f.nodeServer(t, "10.99.0.1:9000")
 	reaches := func() bool {
 		out, _ := testenv.Command(f.pod.Path, f.podCg, "bash", "-c",
 			"exec 3<>/dev/tcp/10.99.0.1/9000 && echo connected").CombinedOutput()
