@@ -58,6 +58,11 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	a := newAgent(cfg, log)
+	if n, err := raiseFileLimit(); err != nil {
+		a.log.Warn().Err(err).Msg("raising the open-file limit")
+	} else {
+		a.log.Info().Uint64(fieldOpenFiles, n).Msg("open-file limit")
+	}
 	if cfg.MetricsAddr != "" {
 		if err := a.serveMetrics(ctx, cfg.MetricsAddr); err != nil {
 			return err

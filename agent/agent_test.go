@@ -9,6 +9,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/veil-mesh/veil/agent/workloadfile"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestPeerTable(t *testing.T) {
@@ -89,5 +91,20 @@ func TestErrorRingKeepsLatest(t *testing.T) {
 	got := r.recent()
 	if len(got) != 3 || got[0].Message != "c" || got[2].Message != "e" {
 		t.Fatalf("recent = %+v, want c d e", got)
+	}
+}
+
+// The agent leaves with a soft open-file limit as high as its hard limit allows.
+func TestRaiseFileLimit(t *testing.T) {
+	got, err := raiseFileLimit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Cur != got || lim.Cur != lim.Max {
+		t.Fatalf("limit now %d/%d, reported %d; want the soft limit at the hard one", lim.Cur, lim.Max, got)
 	}
 }

@@ -3,20 +3,21 @@ package agent
 // Log field names, defined once so every line about the same thing can be found with the
 // same query.
 const (
-	fieldWorkload = "workload"
-	fieldIdentity = "identity"
-	fieldNetns    = "netns"
-	fieldIPs      = "ips"
-	fieldNode     = "node"
-	fieldFile     = "file"
-	fieldPrograms = "programs"
-	fieldSocket   = "socket"
-	fieldAddr     = "addr"
-	fieldLogLevel = "logLevel"
-	fieldPrevious = "previous"
-	fieldTook     = "took"
-	fieldListener = "listener"
-	fieldCgroup   = "cgroup"
+	fieldOpenFiles = "openFiles"
+	fieldWorkload  = "workload"
+	fieldIdentity  = "identity"
+	fieldNetns     = "netns"
+	fieldIPs       = "ips"
+	fieldNode      = "node"
+	fieldFile      = "file"
+	fieldPrograms  = "programs"
+	fieldSocket    = "socket"
+	fieldAddr      = "addr"
+	fieldLogLevel  = "logLevel"
+	fieldPrevious  = "previous"
+	fieldTook      = "took"
+	fieldListener  = "listener"
+	fieldCgroup    = "cgroup"
 
 	// Access log fields. They follow ztunnel's access log, so queries written for Istio
 	// ambient find veil's lines too. src is the end that opened the connection, dst the
