@@ -26,13 +26,20 @@ func (w *Workload) isLocal(ip netip.Addr) bool {
 	return slices.Contains(w.IPs, ip.Unmap())
 }
 
-// clientIP is the workload address to name in a tunnel's Forwarded header: the address
-// the app connected from, when that is one of the workload's, else the workload's first.
-func (w *Workload) clientIP(src netip.AddrPort) netip.Addr {
+// appAddr is the address the workload's app is seen with by dst: the address it connected
+// from when that is one of the workload's, else (apps reach the agent over loopback) the
+// workload's own address of dst's family. It goes in the Forwarded header and in what
+// Connections reports as the local end.
+func (w *Workload) appAddr(src netip.AddrPort, dst netip.Addr) netip.AddrPort {
 	if w.isLocal(src.Addr()) || len(w.IPs) == 0 {
-		return src.Addr().Unmap()
+		return netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 	}
-	return w.IPs[0]
+	for _, ip := range w.IPs {
+		if ip.Is4() == dst.Unmap().Is4() {
+			return netip.AddrPortFrom(ip, src.Port())
+		}
+	}
+	return netip.AddrPortFrom(w.IPs[0], src.Port())
 }
 
 // forwardedFor is a Forwarded header value naming ip as the client. IPv6 addresses are

@@ -50,7 +50,7 @@ func (e *Engine) openTunnel(w *Workload, src, dst netip.AddrPort,
 		e.pool.release(pc)
 		return nil, fmt.Errorf("building CONNECT request: %w", err)
 	}
-	req.Header.Set("Forwarded", forwardedFor(w.clientIP(src)))
+	req.Header.Set("Forwarded", forwardedFor(w.appAddr(src, dst.Addr()).Addr()))
 	req.Header["User-Agent"] = []string{""} // tells the transport to send none
 
 	// The server answers after its own dial to the app, which it bounds the same way;

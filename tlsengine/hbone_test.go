@@ -503,3 +503,22 @@ func TestForwardedFor(t *testing.T) {
 		}
 	}
 }
+
+// An app reaches the agent over loopback; the mesh sees it with its pod's address of the
+// destination's family, keeping its port.
+func TestAppAddr(t *testing.T) {
+	w := &Workload{IPs: []netip.Addr{
+		netip.MustParseAddr("10.244.1.11"), netip.MustParseAddr("fd00:10:244:1::11"),
+	}}
+	for _, tc := range []struct{ src, dst, want string }{
+		{"127.0.0.1:40000", "10.244.2.11", "10.244.1.11:40000"},
+		{"[::1]:40000", "fd00:10:244:2::11", "[fd00:10:244:1::11]:40000"},
+		{"[::1]:40000", "::ffff:10.244.2.11", "10.244.1.11:40000"},
+		{"10.244.1.11:40000", "10.244.2.11", "10.244.1.11:40000"},
+	} {
+		got := w.appAddr(netip.MustParseAddrPort(tc.src), netip.MustParseAddr(tc.dst))
+		if got.String() != tc.want {
+			t.Errorf("appAddr(%s, %s) = %s, want %s", tc.src, tc.dst, got, tc.want)
+		}
+	}
+}

@@ -57,7 +57,7 @@ func (e *Engine) passthrough(app net.Conn, w *Workload, src, dst netip.AddrPort)
 	}
 
 	t := e.track(ConnInfo{
-		Workload: w.ID, Direction: Passthrough, Local: src, Remote: dst,
+		Workload: w.ID, Direction: Passthrough, Local: w.appAddr(src, dst.Addr()), Remote: dst,
 	}, log)
 	t.done(relayConns(app, remote, t))
 }
@@ -77,7 +77,8 @@ func (e *Engine) outboundHBONE(app net.Conn, w *Workload, src, dst netip.AddrPor
 	defer tun.close()
 
 	t := e.track(ConnInfo{
-		Workload: w.ID, Direction: Outbound, Local: src, Remote: dst, Peer: peer,
+		Workload: w.ID, Direction: Outbound, Local: w.appAddr(src, dst.Addr()), Remote: dst,
+		Peer: peer,
 	}, log)
 	t.done(tun.relay(app, t))
 }
