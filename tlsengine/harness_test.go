@@ -77,6 +77,8 @@ type meshOpts struct {
 
 	// clientObs and serverObs observe the two engines.
 	clientObs, serverObs Observer
+	// serverSVID replaces the server's certificate, made by the mesh's CA.
+	serverSVID func(*testCA) *x509svid.SVID
 	// maxStreams and poolIdle configure the client's connection pool.
 	maxStreams int
 	poolIdle   time.Duration
@@ -129,8 +131,12 @@ func newMesh(t testing.TB, o meshOpts) *testMesh {
 	outLn := listen(t, "127.0.0.1:0")
 	m.outAddr = outLn.Addr().String()
 
+	serverSVID := m.ca.issue(o.serverID)
+	if o.serverSVID != nil {
+		serverSVID = o.serverSVID(m.ca)
+	}
 	m.b = &Workload{
-		ID: idB, IPs: []netip.Addr{loopback}, SVID: m.ca.issue(o.serverID),
+		ID: idB, IPs: []netip.Addr{loopback}, SVID: serverSVID,
 		DialApp: func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 			m.dials.Add(1)
 			m.lastSrc.Store(&src)

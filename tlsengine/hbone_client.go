@@ -98,8 +98,12 @@ func (e *Engine) clientConn(ctx context.Context, w *Workload, ip netip.Addr,
 	tc := newBatchedClient(raw, e.clientTLS(w, peer))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
-		e.rejectLog.Warn().Stringer(logKeyWorkload, w.ID).Stringer(logKeyPeerAddr, addr).
-			Stringer(logKeyPeer, peer).Err(err).Msg("HBONE server rejected")
+		ev := e.rejectLog.Warn().Stringer(logKeyWorkload, w.ID).Stringer(logKeyPeerAddr, addr).
+			Stringer(logKeyPeer, peer).Err(err)
+		if p := certTimeProblem(err, time.Now()); p != "" {
+			ev = ev.Str(logKeyCertTime, "server certificate "+p)
+		}
+		ev.Msg("HBONE server rejected")
 		return nil, fmt.Errorf("%w with %s: %w", ErrHandshake, addr, err)
 	}
 	if p := tc.ConnectionState().NegotiatedProtocol; p != alpnH2 {

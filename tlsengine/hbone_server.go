@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -44,8 +45,12 @@ func (e *Engine) serveHBONEConn(raw net.Conn, w *Workload, cfg *tls.Config) {
 	}
 	if err != nil {
 		e.failed(Inbound)
-		e.rejectLog.Info().Stringer(logKeyWorkload, w.ID).Stringer(logKeyPeerAddr, remote).
-			Err(err).Msg("HBONE client rejected")
+		ev := e.rejectLog.Info().Stringer(logKeyWorkload, w.ID).Stringer(logKeyPeerAddr, remote).
+			Err(err)
+		if p := certTimeProblem(err, time.Now()); p != "" {
+			ev = ev.Str(logKeyCertTime, "client certificate "+p)
+		}
+		ev.Msg("HBONE client rejected")
 		return
 	}
 

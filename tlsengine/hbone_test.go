@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 func randBytes(n int, seed byte) []byte {
@@ -521,4 +523,36 @@ func TestAppAddr(t *testing.T) {
 			t.Errorf("appAddr(%s, %s) = %s, want %s", tc.src, tc.dst, got, tc.want)
 		}
 	}
+}
+
+// A peer whose certificate is outside its validity is refused on either side, and the
+// side that refuses says which way and by how much: what tells clock skew from a
+// certificate nobody renewed.
+func TestHBONERejectsCertificatesOutOfTime(t *testing.T) {
+	now := time.Now()
+	t.Run("expired server", func(t *testing.T) {
+		m := newMesh(t, meshOpts{serverSVID: func(ca *testCA) *x509svid.SVID {
+			return ca.issueFor(idB, now.Add(-2*time.Hour), now.Add(-time.Hour))
+		}})
+		app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) {})
+		expectReset(t, m.dial(app.addr))
+		if logs := m.clientLogs.String(); !containsAll(logs, "HBONE server rejected",
+			`"certTime":"server certificate expired 1h0m`) {
+			t.Errorf("client logs do not say how long ago the server's certificate expired:\n%s", logs)
+		}
+	})
+	t.Run("client not yet valid", func(t *testing.T) {
+		m := newMesh(t, meshOpts{})
+		m.a.SVID = m.ca.issueFor(idA, now.Add(10*time.Minute), now.Add(time.Hour))
+		app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) {})
+		expectReset(t, m.dial(app.addr))
+		waitCounters(t, m.server, Inbound, Counters{Failed: 1}, true)
+		if logs := m.serverLogs.String(); !containsAll(logs, "HBONE client rejected",
+			`"certTime":"client certificate not valid for another 9m`) {
+			t.Errorf("server logs do not say how long until the client's certificate is valid:\n%s", logs)
+		}
+		if n := app.accepted.Load(); n != 0 {
+			t.Errorf("the app got %d connections from a client out of time, want 0", n)
+		}
+	})
 }

@@ -15,4 +15,5 @@ const (
 	logKeyStatus    = "status"
 	logKeyOutcome   = "outcome"
 	logKeyForwarded = "forwarded"
+	logKeyCertTime  = "certTime"
 )

@@ -65,12 +65,17 @@ func (ca *testCA) bundle() *x509bundle.Bundle {
 
 // issue returns an SVID for id signed by the root, whatever id's trust domain.
 func (ca *testCA) issue(id spiffeid.ID) *x509svid.SVID {
+	return ca.issueFor(id, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+}
+
+// issueFor is issue with the validity given.
+func (ca *testCA) issueFor(id spiffeid.ID, notBefore, notAfter time.Time) *x509svid.SVID {
 	ca.t.Helper()
 	key := mustKey(ca.t)
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(ca.serial.Add(1)),
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     time.Now().Add(time.Hour),
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
 		URIs:         []*url.URL{id.URL()},
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
