@@ -8,26 +8,29 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// attachedCount counts programs attached to the cgroup for the attach type matching the
-// program type name.
-func attachedCount(t *testing.T, cgroup, progType string) int {
+// cgroupHooks are the attach points of the programs the redirector puts on a cgroup, by
+// the name it reports them under.
+var cgroupHooks = map[string]ebpf.AttachType{
+	"connect4": ebpf.AttachCGroupInet4Connect,
+	"connect6": ebpf.AttachCGroupInet6Connect,
+	"sockops":  ebpf.AttachCGroupSockOps,
+}
+
+// attachedCount counts the programs attached to the cgroup at the hook of the named one.
+func attachedCount(t *testing.T, cgroup, name string) int {
 	t.Helper()
+	at, ok := cgroupHooks[name]
+	if !ok {
+		t.Fatalf("no cgroup hook known for program %q", name)
+	}
 	f, err := os.Open(cgroup)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	types := map[string][]ebpf.AttachType{
-		"CGroupSockAddr": {ebpf.AttachCGroupInet4Connect},
-		"SockOps":        {ebpf.AttachCGroupSockOps},
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
+	if err != nil {
+		t.Fatal(err)
 	}
-	total := 0
-	for _, at := range types[progType] {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
-		if err != nil {
-			t.Fatal(err)
-		}
-		total += len(res.Programs)
-	}
-	return total
+	return len(res.Programs)
 }

@@ -256,9 +256,11 @@ func TestReloadReplacesPinnedLinks(t *testing.T) {
 	}
 	defer func() { r2.Unpin(); r2.Close() }()
 
+	if len(r2.Programs()) != len(cgroupHooks) {
+		t.Fatalf("programs after a reload: %+v, want one per cgroup hook", r2.Programs())
+	}
 	for _, p := range r2.Programs() {
-		n := attachedCount(t, cg, p.Type)
-		if n != 1 {
+		if n := attachedCount(t, cg, p.Name); n != 1 {
 			t.Errorf("%s: %d programs attached to the cgroup after a reload, want 1", p.Name, n)
 		}
 	}
