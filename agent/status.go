@@ -95,13 +95,14 @@ func (a *Agent) status() Status {
 		})
 		s.Maps, _ = red.MapUsage()
 	}
-	if ok, err := a.signer.state(); err != nil {
-		s.CA.LastError = err.Error()
-	} else if !ok.IsZero() {
-		s.CA.Reachable = true
+	lastOK, lastErr := a.signer.state()
+	if !lastOK.IsZero() {
+		s.CA.LastOK = &lastOK
 	}
-	if ok, _ := a.signer.state(); !ok.IsZero() {
-		s.CA.LastOK = &ok
+	if lastErr != nil {
+		s.CA.LastError = lastErr.Error()
+	} else {
+		s.CA.Reachable = !lastOK.IsZero()
 	}
 	if ids := a.identities(); ids != nil {
 		s.Identities = ids.Status()

@@ -79,15 +79,19 @@ func exchangeOnce(addr string, buf []byte) error {
 		return fmt.Errorf("dialing %s: %w", addr, err)
 	}
 	defer c.Close()
+	return exchange(c, buf, 5*time.Second)
+}
 
-	if err := c.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+// exchange sends buf on c and reads as many bytes back into it, all within the time given.
+func exchange(c net.Conn, buf []byte, within time.Duration) error {
+	if err := c.SetDeadline(time.Now().Add(within)); err != nil {
 		return fmt.Errorf("setting deadline: %w", err)
 	}
 	if _, err := c.Write(buf); err != nil {
-		return fmt.Errorf("writing request: %w", err)
+		return fmt.Errorf("writing %d bytes: %w", len(buf), err)
 	}
 	if _, err := io.ReadFull(c, buf); err != nil {
-		return fmt.Errorf("reading answer: %w", err)
+		return fmt.Errorf("reading the answer: %w", err)
 	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -97,7 +96,7 @@ func openOne(addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s: %w", addr, err)
 	}
-	if err := echoOneByte(c); err != nil {
+	if err := exchange(c, []byte{'x'}, 10*time.Second); err != nil {
 		_ = c.Close()
 		return nil, err
 	}
@@ -106,20 +105,6 @@ func openOne(addr string) (net.Conn, error) {
 		return nil, fmt.Errorf("clearing deadline: %w", err)
 	}
 	return c, nil
-}
-
-func echoOneByte(c net.Conn) error {
-	one := []byte{'x'}
-	if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		return fmt.Errorf("setting deadline: %w", err)
-	}
-	if _, err := c.Write(one); err != nil {
-		return fmt.Errorf("writing one byte: %w", err)
-	}
-	if _, err := io.ReadFull(c, one); err != nil {
-		return fmt.Errorf("reading the echo: %w", err)
-	}
-	return nil
 }
 
 func closeAll(conns []net.Conn) {
