@@ -41,6 +41,19 @@ type Workload struct {
 	// mesh, says whether to refuse it (the app sees a reset) instead of passing it
 	// through in plaintext. nil passes everything through.
 	RefuseOutsideMesh func() bool
+	// Authorize is asked whether a client may reach the workload at dst, for every
+	// inbound connection before it is delivered, and again for the open ones when
+	// Recheck is called. peer is the client's verified identity, zero for a plaintext
+	// client. A non-nil error refuses the connection (HBONE answers 403, plaintext is
+	// reset) or, on a recheck, resets it. nil allows everything.
+	Authorize func(peer spiffeid.ID, src, dst netip.AddrPort) error
+}
+
+func (w *Workload) authorize(peer spiffeid.ID, src, dst netip.AddrPort) error {
+	if w.Authorize == nil {
+		return nil
+	}
+	return w.Authorize(peer, src, dst)
 }
 
 // Peers tells the identity expected at a destination IP; an IP it does not know is not

@@ -21,4 +21,7 @@ var (
 	// ErrAgentPort: a destination is one of the agent's own ports in the workload; a
 	// tunnel there would reach the agent, not the application.
 	ErrAgentPort = errors.New("destination is one of the agent's own ports")
+	// ErrDenied: the workload's Authorize refused a connection. It is all a refused
+	// client is told; the reason stays with the agent that decided.
+	ErrDenied = errors.New("denied by policy")
 )

@@ -112,6 +112,11 @@ func (sc *h2Conn) serveStream(st *h2Stream, req connectRequest) {
 		return
 	}
 
+	if err := sc.w.authorize(sc.peer, sc.remote, dst); err != nil {
+		sc.refuse(st, log, http.StatusForbidden, ErrDenied)
+		return
+	}
+
 	ctx, cancel := context.WithTimeout(st.ctx, sc.e.dialTimeout)
 	// The HBONE connection comes from the client pod's own namespace, so its source is
 	// the client's address; the Forwarded header is only logged, as a peer could put
@@ -125,7 +130,7 @@ func (sc *h2Conn) serveStream(st *h2Stream, req connectRequest) {
 
 	t := sc.e.track(ConnInfo{
 		Workload: sc.w.ID, Direction: Inbound, Local: dst, Remote: sc.remote, Peer: sc.peer,
-	}, log)
+	}, log, sc.w, app)
 	t.done(relayStream(st, app, t))
 }
 

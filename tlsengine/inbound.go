@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // ServeInbound carries plaintext connections from clients outside the mesh to w's apps,
@@ -18,6 +20,12 @@ func (e *Engine) inboundPlaintext(c net.Conn, w *Workload) {
 	src, dst := addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())
 	log := e.connLog(w, InboundPlaintext, src, dst)
 
+	if err := w.authorize(spiffeid.ID{}, src, dst); err != nil {
+		e.failed(InboundPlaintext)
+		log.Debug().Err(err).Msg("plaintext client refused")
+		reset(c)
+		return
+	}
 	app, err := e.dialLocal(w, src.Addr(), dst)
 	if err != nil {
 		e.failed(InboundPlaintext)
@@ -28,7 +36,7 @@ func (e *Engine) inboundPlaintext(c net.Conn, w *Workload) {
 
 	t := e.track(ConnInfo{
 		Workload: w.ID, Direction: InboundPlaintext, Local: dst, Remote: src,
-	}, log)
+	}, log, w, app)
 	t.done(relayConns(app, c, t))
 }
 

@@ -2,6 +2,7 @@ package tlsengine
 
 import (
 	"cmp"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -165,12 +166,18 @@ type tracked struct {
 	dir            *dirCounters
 	obs            ConnObserver
 	log            zerolog.Logger
+
+	// w and app, for an inbound connection, are what Recheck needs: the workload to ask
+	// again, and the application side to reset if the answer is now no.
+	w   *Workload
+	app net.Conn
 }
 
-// track registers a connection that is about to start relaying.
-func (e *Engine) track(info ConnInfo, log zerolog.Logger) *tracked {
+// track registers a connection that is about to start relaying. w and app are given for
+// inbound connections, nil for others.
+func (e *Engine) track(info ConnInfo, log zerolog.Logger, w *Workload, app net.Conn) *tracked {
 	info.Start = time.Now()
-	t := &tracked{e: e, info: info, dir: &e.stats[info.Direction], log: log}
+	t := &tracked{e: e, info: info, dir: &e.stats[info.Direction], log: log, w: w, app: app}
 	t.dir.opened.Add(1)
 	t.obs = e.observer().Opened(info)
 
