@@ -50,6 +50,13 @@ func checkWorkload(rw rawWorkload, node *yaml.Node) (Workload, error) {
 		netns = filepath.Clean(netns)
 	}
 
+	for k := range rw.Labels {
+		if k == "" {
+			return Workload{}, fmt.Errorf("line %d: a label has an empty name; "+
+				"give it one or remove it", mapValue(node, "labels").Line)
+		}
+	}
+
 	return Workload{
 		Name:           rw.Name,
 		Namespace:      rw.Namespace,
@@ -57,6 +64,7 @@ func checkWorkload(rw rawWorkload, node *yaml.Node) (Workload, error) {
 		Node:           rw.Node,
 		IPs:            ips,
 		Netns:          netns,
+		Labels:         rw.Labels,
 	}, nil
 }
 

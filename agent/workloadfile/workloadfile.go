@@ -24,6 +24,8 @@ type Workload struct {
 	// /run/netns/veil-a1. It may be empty when the file is read only for identities
 	// (the CA reads the same file and never enters a namespace).
 	Netns string
+	// Labels are the pod's labels, which policies select workloads by.
+	Labels map[string]string
 }
 
 // ID returns the workload's SPIFFE ID, spiffe://<td>/ns/<namespace>/sa/<serviceAccount>.
@@ -75,16 +77,17 @@ type rawNamespace struct {
 }
 
 type rawWorkload struct {
-	Name           string   `yaml:"name"`
-	Namespace      string   `yaml:"namespace"`
-	ServiceAccount string   `yaml:"serviceAccount"`
-	Node           string   `yaml:"node"`
-	IPs            []string `yaml:"ips"`
-	Netns          string   `yaml:"netns"`
+	Name           string            `yaml:"name"`
+	Namespace      string            `yaml:"namespace"`
+	ServiceAccount string            `yaml:"serviceAccount"`
+	Node           string            `yaml:"node"`
+	IPs            []string          `yaml:"ips"`
+	Netns          string            `yaml:"netns"`
+	Labels         map[string]string `yaml:"labels"`
 }
 
 const (
-	workloadFields  = "name, namespace, serviceAccount, node, ips, netns"
+	workloadFields  = "name, namespace, serviceAccount, node, ips, netns, labels"
 	namespaceFields = "name, outsideMesh"
 	fileFields      = "trustDomain, workloads, namespaces"
 )

@@ -24,6 +24,7 @@ func TestParseValid(t *testing.T) {
     serviceAccount: sa-b
     node: node2
     ips: [10.244.2.11]
+    labels: {app: b, tier: back}
 `
 	f, problems, err := Parse([]byte(data))
 	if err != nil || len(problems) != 0 {
@@ -36,7 +37,8 @@ func TestParseValid(t *testing.T) {
 			IPs:   []netip.Addr{netip.MustParseAddr("10.244.1.11"), netip.MustParseAddr("fd00::11")},
 			Netns: "/run/netns/veil-a1"},
 		{Name: "b1", Namespace: "prod", ServiceAccount: "sa-b", Node: "node2",
-			IPs: []netip.Addr{netip.MustParseAddr("10.244.2.11")}},
+			IPs:    []netip.Addr{netip.MustParseAddr("10.244.2.11")},
+			Labels: map[string]string{"app": "b", "tier": "back"}},
 	}, Namespaces: map[string]Namespace{}}
 	if !reflect.DeepEqual(f, want) {
 		t.Fatalf("Parse =\n%+v\nwant\n%+v", f, want)
@@ -67,7 +69,7 @@ func TestParseFileErrors(t *testing.T) {
 				"(known: trustDomain, workloads, namespaces); fix the spelling or remove it"},
 		{"unknown workload field", header + "  - name: a1\n    serviceaccount: x\n",
 			"parsing workload file: line 4: field serviceaccount is not a workload field " +
-				"(known: name, namespace, serviceAccount, node, ips, netns); " +
+				"(known: name, namespace, serviceAccount, node, ips, netns, labels); " +
 				"fix the spelling or remove it"},
 		{"wrong type", header + "  - name: a1\n    ips: 10.244.1.11\n",
 			"parsing workload file: line 4: cannot unmarshal !!str `10.244....` " +
