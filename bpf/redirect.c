@@ -13,7 +13,8 @@
 // Inbound: sk_lookup, attached to each enrolled namespace, hands TCP connections that arrive
 // from outside the pod to the agent's listeners in that namespace: the HBONE port to the mTLS
 // listener, every other port to the plaintext inbound listener. The agent's own delivery to
-// the application is listed in the exempt map for the duration of its handshake.
+// the application is listed in the exempt map for the duration of its handshake, and ports
+// listed in plaintext_ports (peer authentication DISABLE) are left to the pod's own sockets.
 
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -93,6 +94,13 @@ struct lpm_key {
 	struct addr ip;
 };
 
+// A pod address and a port in host byte order; port 0 stands for every port.
+struct port_key {
+	struct addr ip;
+	__u16 port;
+	__u16 pad;
+};
+
 // enrolled, pod_addrs and excluded are pinned: they say which pods must never send or
 // receive in plaintext, so they must outlive the agent, and a restarted agent takes them
 // over instead of starting from an empty map that would let every pod through until it
@@ -145,6 +153,18 @@ struct {
 	__type(value, __u64);
 } listeners SEC(".maps");
 
+// Inbound ports the agent leaves to the pod (peer authentication DISABLE): sk_lookup lets
+// a connection to one of them go on to the pod's own socket. Pinned like pod_addrs, so
+// that while the agent restarts such a port keeps reaching the application instead of
+// being steered to a listener that is gone.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct port_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(value, __u8);
+} plaintext_ports SEC(".maps");
+
 // Destinations that are never redirected (the node's own networks, for example).
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -161,6 +181,18 @@ static __always_inline void v4_mapped(struct addr *a, __u32 ip4)
 	a->a[1] = 0;
 	a->a[2] = bpf_htonl(0x0000ffff);
 	a->a[3] = ip4;
+}
+
+// is_plaintext reports whether connections to port (host byte order) of the pod address a
+// are the application's own, either for that port or for every port of the address.
+static __always_inline int is_plaintext(struct addr *a, __u16 port)
+{
+	struct port_key k = { .ip = *a, .port = port };
+
+	if (bpf_map_lookup_elem(&plaintext_ports, &k))
+		return 1;
+	k.port = 0;
+	return bpf_map_lookup_elem(&plaintext_ports, &k) != NULL;
 }
 
 static __always_inline int is_excluded(struct addr *a)
@@ -181,7 +213,8 @@ static __always_inline struct netns_cfg *should_redirect(struct bpf_sock_addr *c
 	sk = ctx->sk;
 	// A mark of 0 is every unmarked socket: never skip on it, even if a mark is unset.
 	// TODO(egress-guard): a pod process with CAP_NET_ADMIN can set the agent's mark and
-	// skip this hook; the NFQUEUE egress guard is what is to catch such flows.
+	// skip this hook, and the egress guard exempts the same marks, so it does not catch
+	// such flows either; it can go once the guard tells the agent's sockets by cgroup.
 	if (!sk || (sk->mark && (sk->mark == agent_mark || sk->mark == delivery_mark)))
 		return NULL;
 	cookie = bpf_get_netns_cookie(ctx);
@@ -319,9 +352,12 @@ int veil_sk_lookup(struct bpf_sk_lookup *ctx)
 	t.remote_port = bpf_ntohs(ctx->remote_port);
 	if (bpf_map_lookup_elem(&exempt, &t))
 		return SK_PASS;
+	// The HBONE port always goes to the agent: it is the agent's port, not the app's.
+	if (t.local_port != hbone_port && is_plaintext(&t.local, t.local_port))
+		return SK_PASS;
 
 	lk.ip = t.local;
-	lk.kind = ctx->local_port == hbone_port ? LISTENER_HBONE : LISTENER_INBOUND;
+	lk.kind = t.local_port == hbone_port ? LISTENER_HBONE : LISTENER_INBOUND;
 	sk = bpf_map_lookup_elem(&listeners, &lk);
 	if (!sk) {
 		// Enrolled but the agent's listener is gone (agent stopped or crashed): fail

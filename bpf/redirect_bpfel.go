@@ -54,6 +54,13 @@ type RedirectOrigDst struct {
 	Pad    uint32
 }
 
+type RedirectPortKey struct {
+	_    structs.HostLayout
+	Ip   RedirectAddr
+	Port uint16
+	Pad  uint16
+}
+
 type RedirectTuple struct {
 	_          structs.HostLayout
 	Local      RedirectAddr
@@ -66,20 +73,21 @@ type RedirectTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	RedirectMapEnrolled      = "enrolled"
-	RedirectMapExcluded      = "excluded"
-	RedirectMapExempt        = "exempt"
-	RedirectMapListeners     = "listeners"
-	RedirectMapOrigdst       = "origdst"
-	RedirectMapPending       = "pending"
-	RedirectMapPodAddrs      = "pod_addrs"
-	RedirectProgVeilConnect4 = "veil_connect4"
-	RedirectProgVeilConnect6 = "veil_connect6"
-	RedirectProgVeilSkLookup = "veil_sk_lookup"
-	RedirectProgVeilSockops  = "veil_sockops"
-	RedirectVarAgentMark     = "agent_mark"
-	RedirectVarDeliveryMark  = "delivery_mark"
-	RedirectVarHbonePort     = "hbone_port"
+	RedirectMapEnrolled       = "enrolled"
+	RedirectMapExcluded       = "excluded"
+	RedirectMapExempt         = "exempt"
+	RedirectMapListeners      = "listeners"
+	RedirectMapOrigdst        = "origdst"
+	RedirectMapPending        = "pending"
+	RedirectMapPlaintextPorts = "plaintext_ports"
+	RedirectMapPodAddrs       = "pod_addrs"
+	RedirectProgVeilConnect4  = "veil_connect4"
+	RedirectProgVeilConnect6  = "veil_connect6"
+	RedirectProgVeilSkLookup  = "veil_sk_lookup"
+	RedirectProgVeilSockops   = "veil_sockops"
+	RedirectVarAgentMark      = "agent_mark"
+	RedirectVarDeliveryMark   = "delivery_mark"
+	RedirectVarHbonePort      = "hbone_port"
 )
 
 // LoadRedirect returns the embedded CollectionSpec for Redirect.
@@ -134,13 +142,14 @@ type RedirectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RedirectMapSpecs struct {
-	Enrolled  *ebpf.MapSpec `ebpf:"enrolled"`
-	Excluded  *ebpf.MapSpec `ebpf:"excluded"`
-	Exempt    *ebpf.MapSpec `ebpf:"exempt"`
-	Listeners *ebpf.MapSpec `ebpf:"listeners"`
-	Origdst   *ebpf.MapSpec `ebpf:"origdst"`
-	Pending   *ebpf.MapSpec `ebpf:"pending"`
-	PodAddrs  *ebpf.MapSpec `ebpf:"pod_addrs"`
+	Enrolled       *ebpf.MapSpec `ebpf:"enrolled"`
+	Excluded       *ebpf.MapSpec `ebpf:"excluded"`
+	Exempt         *ebpf.MapSpec `ebpf:"exempt"`
+	Listeners      *ebpf.MapSpec `ebpf:"listeners"`
+	Origdst        *ebpf.MapSpec `ebpf:"origdst"`
+	Pending        *ebpf.MapSpec `ebpf:"pending"`
+	PlaintextPorts *ebpf.MapSpec `ebpf:"plaintext_ports"`
+	PodAddrs       *ebpf.MapSpec `ebpf:"pod_addrs"`
 }
 
 // RedirectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -172,13 +181,14 @@ func (o *RedirectObjects) Close() error {
 //
 // It can be passed to LoadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RedirectMaps struct {
-	Enrolled  *ebpf.Map `ebpf:"enrolled"`
-	Excluded  *ebpf.Map `ebpf:"excluded"`
-	Exempt    *ebpf.Map `ebpf:"exempt"`
-	Listeners *ebpf.Map `ebpf:"listeners"`
-	Origdst   *ebpf.Map `ebpf:"origdst"`
-	Pending   *ebpf.Map `ebpf:"pending"`
-	PodAddrs  *ebpf.Map `ebpf:"pod_addrs"`
+	Enrolled       *ebpf.Map `ebpf:"enrolled"`
+	Excluded       *ebpf.Map `ebpf:"excluded"`
+	Exempt         *ebpf.Map `ebpf:"exempt"`
+	Listeners      *ebpf.Map `ebpf:"listeners"`
+	Origdst        *ebpf.Map `ebpf:"origdst"`
+	Pending        *ebpf.Map `ebpf:"pending"`
+	PlaintextPorts *ebpf.Map `ebpf:"plaintext_ports"`
+	PodAddrs       *ebpf.Map `ebpf:"pod_addrs"`
 }
 
 func (m *RedirectMaps) Close() error {
@@ -189,6 +199,7 @@ func (m *RedirectMaps) Close() error {
 		m.Listeners,
 		m.Origdst,
 		m.Pending,
+		m.PlaintextPorts,
 		m.PodAddrs,
 	)
 }

@@ -10,5 +10,11 @@
 // attachment; Unpin removes the pins for good. A Netns owns one file descriptor and closes
 // it in Close; listeners and connections it creates belong to the caller.
 //
+// The egress guard's iptables rules live in the pod's namespace and outlive the agent for
+// the same reason: with no reader on their queue the kernel drops what they catch.
+// RemoveGuardRules takes them out when the pod leaves the mesh. A Guard owns one netlink
+// socket bound to a pod's queue and closes it in Close; the Netns it was started with
+// may be closed as soon as StartGuard returns.
+//
 // The package returns errors and never logs; callers decide what is worth a line.
 package redirect

@@ -127,7 +127,7 @@ func (r *Redirector) dropListeners(addrs []netip.Addr) {
 }
 
 // Close stops steering the namespace: outbound first, so no new connection is sent to a
-// listener that is about to go, then inbound.
+// listener that is about to go, then inbound, then forgets its plaintext ports.
 func (e *Enrollment) Close() error {
 	r := e.r
 	var errs []error
@@ -139,6 +139,7 @@ func (e *Enrollment) Close() error {
 	}
 	errs = append(errs, e.link.Close())
 	r.dropListeners(e.addrs)
+	errs = append(errs, r.forgetPlaintextPorts(e.addrs))
 	r.forgetProgram(e.pin)
 	return errors.Join(errs...)
 }
@@ -205,8 +206,9 @@ func (r *Redirector) forgetProgram(pin string) {
 
 // Prune forgets what an earlier agent enrolled and this one no longer wants: entries in
 // the pinned maps and sk_lookup pins of namespaces not in keepNetns (by cookie), and pod
-// addresses not in keepAddrs. Pods still wanted but not enrolled yet (their CA request
-// failed, say) belong in keep: they stay closed rather than being let out in plaintext.
+// addresses (with their plaintext ports) not in keepAddrs. Pods still wanted but not
+// enrolled yet (their CA request failed, say) belong in keep: they stay closed rather than
+// being let out in plaintext.
 func (r *Redirector) Prune(keepNetns map[uint64]bool, keepAddrs map[netip.Addr]bool) error {
 	var errs []error
 	var cookie uint64
@@ -236,6 +238,10 @@ func (r *Redirector) Prune(keepNetns map[uint64]bool, keepAddrs map[netip.Addr]b
 			errs = append(errs, fmt.Errorf("forgetting pod address %s: %w", fromBPF(a), err))
 		}
 	}
+
+	errs = append(errs, r.dropPlaintextPorts(func(k bpf.RedirectPortKey) bool {
+		return !keepAddrs[fromBPF(k.Ip)]
+	}))
 
 	dir := filepath.Join(r.cfg.PinDir, "netns")
 	entries, err := os.ReadDir(dir)

@@ -32,6 +32,7 @@ func (r *Redirector) MapUsage() ([]MapUsage, error) {
 		{"exempt", r.objs.Exempt},
 		{"pod_addrs", r.objs.PodAddrs},
 		{"listeners", r.objs.Listeners},
+		{"plaintext_ports", r.objs.PlaintextPorts},
 		{"excluded", r.objs.Excluded},
 	}
 	out := make([]MapUsage, 0, len(maps))

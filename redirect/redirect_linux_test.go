@@ -36,6 +36,12 @@ type fixture struct {
 var podIP = netip.MustParseAddr("10.99.0.2")
 
 func newFixture(t *testing.T) *fixture {
+	return newFixtureHBONE(t, "0.0.0.0:15008")
+}
+
+// newFixtureHBONE is newFixture with the agent's HBONE listener on hbone. A loopback
+// address tells a connection steered to it from one that went to the port directly.
+func newFixtureHBONE(t *testing.T, hbone string) *fixture {
 	testenv.RequirePrivileged(t)
 	f := &fixture{}
 	cg := testenv.Cgroup(t)
@@ -61,7 +67,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Cleanup(func() { ns.Close() })
 	f.podNS = ns
 	f.outbound = f.listen(t, "127.0.0.1:15001")
-	f.hbone = f.listen(t, "0.0.0.0:15008")
+	f.hbone = f.listen(t, hbone)
 	f.inbound = f.listen(t, "127.0.0.1:15006")
 	f.enr, err = r.Enroll(ns, redirect.Listeners{
 		OutboundPort: 15001, HBONE: f.hbone, Inbound: f.inbound, Addrs: []netip.Addr{podIP},

@@ -14,7 +14,7 @@ set -euo pipefail
 PACKAGES=(
 	iproute2     # ip: namespaces, veths, the bridge, routes
 	iputils-ping # ping: connectivity checks in tests and by hand
-	iptables     # NFQUEUE rules of the egress guard (TODO(egress-guard): not built yet)
+	iptables     # iptables-nft(-restore): the egress guard's NFQUEUE rules in each pod
 	iperf3       # demo and benchmark traffic
 	curl         # demo traffic and the CA readiness probe
 	tcpdump      # the demo's proof that the wire carries no plaintext

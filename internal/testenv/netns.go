@@ -8,6 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Netns is a named network namespace made for a test, with lo up.
@@ -87,4 +88,18 @@ func Route(t testing.TB, n *Netns, dst, gw string) {
 	must(t, err, "parsing %s", dst)
 	h := n.Handle(t)
 	must(t, h.RouteAdd(&netlink.Route{Dst: ipnet, Gw: net.ParseIP(gw)}), "adding route %s via %s", dst, gw)
+}
+
+// AddAddr adds addr (CIDR notation) to the interface ifName inside n. Duplicate address
+// detection is skipped, so an IPv6 address is usable at once instead of staying tentative
+// for a second or more.
+func AddAddr(t testing.TB, n *Netns, ifName, addr string) {
+	t.Helper()
+	h := n.Handle(t)
+	l, err := h.LinkByName(ifName)
+	must(t, err, "finding %s in %s", ifName, n.Name)
+	a, err := netlink.ParseAddr(addr)
+	must(t, err, "parsing %s", addr)
+	a.Flags = unix.IFA_F_NODAD
+	must(t, h.AddrAdd(l, a), "adding %s to %s in %s", addr, ifName, n.Name)
 }

@@ -42,6 +42,16 @@ func RequirePrivileged(t testing.TB) {
 	}
 }
 
+// RequireTools skips the test unless every named program is on PATH.
+func RequireTools(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (scripts/install-deps.sh installs it)", tool)
+		}
+	}
+}
+
 // Name returns a short random name with the given prefix, unique enough that tests
 // running at once (or a leftover from a killed run) never collide.
 func Name(prefix string) string {
