@@ -64,6 +64,7 @@ func (a *Agent) serveAdmin(ctx context.Context) (*http.Server, error) {
 		writeJSON(w, LogLevel{Level: a.level.get().String()})
 	})
 	mux.HandleFunc("PUT "+LogLevelPath, a.putLogLevel)
+	mux.HandleFunc("GET "+PolicyCheckPath, a.servePolicyCheck)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/veil-mesh/veil/agent/workloadfile"
 	"github.com/veil-mesh/veil/ca"
+	"github.com/veil-mesh/veil/internal/filewatch"
 	"github.com/veil-mesh/veil/redirect"
 	"github.com/veil-mesh/veil/tlsengine"
 )
@@ -28,9 +30,14 @@ type Agent struct {
 	metrics *metrics
 
 	signer *trackedSigner
-	peers  *peerTable
+	policy policyStore
+	// policyLog is for lines a client can cause one of per connection.
+	policyLog zerolog.Logger
+	peers     *peerTable
 	// namespaces are the workload file's per-namespace settings, read per connection.
 	namespaces atomic.Pointer[map[string]workloadfile.Namespace]
+	// file is the workload file in force, whose workloads policy checks look up.
+	file atomic.Pointer[workloadfile.File]
 
 	// attached and fileRead feed readiness: the programs are attached, the workload file
 	// has been read at least once.
@@ -105,6 +112,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := a.firstPolicy(ctx); err != nil {
+		return err
+	}
 	ids := tlsengine.NewIdentityStore(a.signer, file.TrustDomain, a.log)
 	defer ids.Close()
 	engine := tlsengine.NewEngine(tlsengine.Config{
@@ -122,9 +132,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	// never races another of the same pod; Watch is waited for before the workloads are
 	// let go, so none is enrolled after.
 	readings := make(chan fileReading)
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
+	policies := make(chan policyReading)
+	var watches sync.WaitGroup
+	watches.Go(func() {
 		workloadfile.Watch(ctx, cfg.WorkloadFile, cfg.ReloadEvery,
 			func(f *workloadfile.File, problems []error, err error) {
 				select {
@@ -132,9 +142,19 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 				case <-ctx.Done():
 				}
 			})
-	}()
-	a.loop(ctx, readings)
-	<-watchDone
+	})
+	if cfg.PolicyFile != "" {
+		watches.Go(func() {
+			filewatch.Watch(ctx, cfg.PolicyFile, cfg.ReloadEvery, func(data []byte, err error) {
+				select {
+				case policies <- policyReading{data, err}:
+				case <-ctx.Done():
+				}
+			})
+		})
+	}
+	a.loop(ctx, readings, policies)
+	watches.Wait()
 	a.detachAll()
 	return nil
 }
@@ -146,8 +166,10 @@ type fileReading struct {
 	err      error
 }
 
-// loop applies workload file changes and retries failed enrollments until ctx ends.
-func (a *Agent) loop(ctx context.Context, readings <-chan fileReading) {
+// loop applies workload and policy file changes and retries failed enrollments until ctx
+// ends.
+func (a *Agent) loop(ctx context.Context, readings <-chan fileReading,
+	policies <-chan policyReading) {
 	t := time.NewTicker(retryEvery)
 	defer t.Stop()
 	// Watch's first reading is the file just applied, unless it changed in between;
@@ -164,6 +186,8 @@ func (a *Agent) loop(ctx context.Context, readings <-chan fileReading) {
 				a.onWorkloadFile(ctx, r.f, r.problems, r.err)
 			}
 			first = false
+		case r := <-policies:
+			a.onPolicyFile(r)
 		case <-t.C:
 			a.retryFailed(ctx)
 		}
@@ -178,6 +202,7 @@ func newAgent(cfg Config, log zerolog.Logger) *Agent {
 		cfg: cfg, log: log, level: level, errs: newErrorRing(20), started: time.Now(),
 		metrics: newMetrics(cfg.Version), peers: newPeerTable(), workloads: map[string]*workload{},
 	}
+	a.policyLog = a.log.Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Second})
 	if cfg.AccessLog {
 		a.metrics.accessLog = &a.log
 	}
@@ -315,6 +340,7 @@ func (a *Agent) apply(ctx context.Context, f *workloadfile.File, problems []erro
 	}
 	a.peers.replace(f)
 	a.namespaces.Store(&f.Namespaces)
+	a.file.Store(f)
 
 	want := map[string]workloadfile.Workload{}
 	for _, w := range f.Workloads {
@@ -330,10 +356,17 @@ func (a *Agent) apply(ctx context.Context, f *workloadfile.File, problems []erro
 		a.problems = problems
 	}
 	var stale []*workload
+	relabelled := false
 	for k, cur := range a.workloads {
-		if w, ok := want[k]; !ok || !sameWorkload(cur.spec, w) {
+		w, ok := want[k]
+		if !ok || !sameWorkload(cur.spec, w) {
 			stale = append(stale, cur)
 			delete(a.workloads, k)
+			continue
+		}
+		if !maps.Equal(cur.labels(), w.Labels) {
+			cur.setLabels(w.Labels)
+			relabelled = true
 		}
 	}
 	var fresh []workloadfile.Workload
@@ -352,6 +385,9 @@ func (a *Agent) apply(ctx context.Context, f *workloadfile.File, problems []erro
 		a.mu.Lock()
 		a.workloads[key(spec)] = w
 		a.mu.Unlock()
+	}
+	if relabelled {
+		a.enforcePolicy() // policies select by label
 	}
 }
 

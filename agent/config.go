@@ -24,6 +24,9 @@ const (
 type Config struct {
 	Node         string
 	WorkloadFile string
+	// PolicyFile is the peer authentication and authorization policy; empty: none,
+	// every port PERMISSIVE and every connection allowed.
+	PolicyFile string
 	// Cgroup is the cgroup v2 directory the connect and sockops hooks attach to.
 	Cgroup string
 	// PinDir is this agent's directory in bpffs.

@@ -18,6 +18,12 @@ const (
 	fieldTook      = "took"
 	fieldListener  = "listener"
 	fieldCgroup    = "cgroup"
+	fieldClosed    = "closed"
+
+	fieldPeerAuthentications   = "peerAuthentications"
+	fieldAuthorizationPolicies = "authorizationPolicies"
+	fieldRule                  = "rule"
+	fieldWouldAllow            = "wouldAllow"
 
 	// Access log fields. They follow ztunnel's access log, so queries written for Istio
 	// ambient find veil's lines too. src is the end that opened the connection, dst the

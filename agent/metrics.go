@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/veil-mesh/veil/tlsengine"
 )
@@ -30,6 +31,11 @@ const (
 	labelMap            = "map"
 	labelVersion        = "version"
 	labelState          = "state"
+	labelReason         = "reason"
+
+	// Values of the reason label of denials: which part of policy refused.
+	labelPeerAuthentication = "peer_authentication"
+	labelAuthorization      = "authorization"
 
 	// Values as Istio spells them.
 	reporterSource      = "source"
@@ -55,6 +61,7 @@ type metrics struct {
 	handshake       *prometheus.HistogramVec
 	enrollments     *prometheus.CounterVec
 	enrollDurations *prometheus.HistogramVec
+	denials         *prometheus.CounterVec
 
 	// accessLog, if not nil, gets one line per closed connection.
 	accessLog *zerolog.Logger
@@ -99,6 +106,11 @@ func newMetrics(version string) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 13),
 		}, []string{labelResult}),
 	}
+	m.denials = counter("policy_denials_total",
+		"Inbound connections refused by policy before reaching the app, by the "+
+			"workload's identity and the reason: peer_authentication (plaintext to a "+
+			"STRICT port) or authorization (an AuthorizationPolicy).",
+		labelIdentity, labelReason)
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: metricsNamespace, Name: "build_info",
 		Help: "Always 1; the agent's version is in the label.",
@@ -106,7 +118,7 @@ func newMetrics(version string) *metrics {
 	build.WithLabelValues(version).Set(1)
 
 	m.reg.MustRegister(m.opened, m.closed, m.failed, m.sent, m.received, m.handshake,
-		m.enrollments, m.enrollDurations, build,
+		m.enrollments, m.enrollDurations, m.denials, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -198,4 +210,8 @@ func (c *connMetrics) Closed(ci tlsengine.ConnInfo, outcome string) {
 	if c.m.accessLog != nil {
 		writeAccessLog(c.m.accessLog, ci, outcome)
 	}
+}
+
+func (m *metrics) denied(id spiffeid.ID, reason string) {
+	m.denials.WithLabelValues(id.String(), reason).Inc()
 }

@@ -32,6 +32,7 @@ type Status struct {
 	// SoonestExpiry is when the first of this node's certificates expires.
 	SoonestExpiry *time.Time    `json:"soonestExpiry,omitempty"`
 	WorkloadFile  FileStatus    `json:"workloadFile"`
+	Policy        PolicyStatus  `json:"policy"`
 	RecentErrors  []RecentError `json:"recentErrors"`
 }
 
@@ -127,6 +128,7 @@ func (a *Agent) status() Status {
 	}
 	a.mu.Unlock()
 	s.Workloads = a.workloadStatuses()
+	s.Policy = a.policyStatus()
 	return s
 }
 

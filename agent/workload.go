@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,6 +27,8 @@ const dialTimeout = 10 * time.Second
 type workload struct {
 	spec workloadfile.Workload
 	id   spiffeid.ID
+	// curLabels are the labels in force, which may have changed since spec was read.
+	curLabels atomic.Pointer[map[string]string]
 
 	mu        sync.Mutex
 	err       error // why it is not enrolled, if it is not
@@ -41,6 +44,7 @@ type workload struct {
 // this is a retry: the same failure again is logged at debug level only.
 func (a *Agent) enroll(ctx context.Context, spec workloadfile.Workload, prev error) *workload {
 	w := &workload{spec: spec, id: spec.ID(a.td)}
+	w.setLabels(spec.Labels)
 	log := a.log.With().Str(fieldWorkload, key(spec)).Str(fieldIdentity, w.id.String()).Logger()
 	start := time.Now()
 	err := a.setUp(ctx, w)
@@ -106,6 +110,7 @@ func (a *Agent) setUp(ctx context.Context, w *workload) error {
 		settings := a.namespaces.Load()
 		return settings != nil && (*settings)[namespace].RefuseOutsideMesh
 	}
+	tw.Authorize = a.authorizer(w)
 	w.tw = tw
 	orig := func(c net.Conn) (netip.AddrPort, error) { return a.red.OriginalDstOf(ns, c) }
 	for _, ln := range ls.outbound {
@@ -122,8 +127,15 @@ func (a *Agent) setUp(ctx context.Context, w *workload) error {
 		OutboundPort: a.cfg.OutboundPort, Addrs: spec.IPs,
 		HBONE: ls.hbone[0], Inbound: ls.inbound[0], HBONE6: ls.hbone6(), Inbound6: ls.inbound6(),
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	return a.setPlaintextPorts(w)
 }
+
+func (w *workload) labels() map[string]string { return *w.curLabels.Load() }
+
+func (w *workload) setLabels(l map[string]string) { w.curLabels.Store(&l) }
 
 // podListeners are a workload's listeners, IPv4 first in each list.
 type podListeners struct {

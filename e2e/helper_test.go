@@ -29,6 +29,8 @@ import (
 //	recv ADDR            connect, read to EOF, print the hash of what arrived
 //	sendtext ADDR T N    connect, send text T N times, half-close, print the reply
 //	hold ADDR            connect, send "hi", print "connected", wait for stdin to close
+//	wait-close ADDR      connect, send "hi", print "connected", read until the connection
+//	                     ends, print "closed: eof", "closed: reset" or the error
 //	read-one ADDR        connect, read until error, print "eof" or "reset" and the bytes
 //	whoami ADDR          for every conn, send back the client's address as the app sees
 //	                     it (getpeername), then close it
@@ -139,6 +141,27 @@ func helper(args []string) error {
 		}
 		fmt.Println("connected")
 		io.Copy(io.Discard, os.Stdin)
+		return nil
+	case "wait-close":
+		// Opens a connection, says so, then reads until the connection ends and says how.
+		c, err := dial(addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("hi")); err != nil {
+			return err
+		}
+		fmt.Println("connected")
+		_, err = io.Copy(io.Discard, c)
+		switch {
+		case err == nil:
+			fmt.Println("closed: eof")
+		case errors.Is(err, syscall.ECONNRESET):
+			fmt.Println("closed: reset")
+		default:
+			fmt.Println("closed:", err)
+		}
 		return nil
 	case "recv":
 		c, err := dial(addr)

@@ -24,6 +24,10 @@
 #             (netns, veth, IPs, cgroup) but left out of workloads.yaml, so no agent
 #             enrolls it: its traffic is plain pod-to-pod, a baseline. A "nov6" pod has
 #             IPv6 disabled in its netns and only its IPv4 address.
+#   POLICY    policy file the agents start with, copied to $STATE/policy.yaml (default:
+#             an empty one: every port PERMISSIVE, every connection allowed). Agents
+#             re-read $STATE/policy.yaml every 2 s: edit it to change policy. Each pod
+#             carries the label app=<pod>, for policies to select it by.
 #   NOAGENT=1 build only the network, cgroups and state files; start no CA or agents
 #   TRUST_DOMAIN (cluster.local), CERT_TTL (24h), LOG_LEVEL (info),
 #   LOG_FORMAT (json or console; default: the agent's own, json when not on a terminal),
@@ -343,6 +347,7 @@ cmd_up() {
 	done
 	make_cgroups "$cg2"
 	write_workloads
+	write_policy
 	write_tokens
 	mount_bpffs
 
@@ -509,9 +514,22 @@ write_workloads() {
 			printf '    node: %s\n' "${POD_NODE[$pod]}"
 			printf '    ips: [%s]\n' "${POD_IP[$pod]}${POD_IP6[$pod]:+, ${POD_IP6[$pod]}}"
 			printf '    netns: %s\n' "$(netns_path "$pod")"
+			printf '    labels: {app: %s}\n' "$pod"
 		done
 	} >"$STATE/workloads.yaml.tmp"
 	mv "$STATE/workloads.yaml.tmp" "$STATE/workloads.yaml"
+}
+
+# write_policy gives the agents their policy file: POLICY's content, or none at all.
+write_policy() {
+	step "writing $STATE/policy.yaml"
+	if [[ -n ${POLICY:-} ]]; then
+		cp "$POLICY" "$STATE/policy.yaml.tmp"
+	else
+		printf '# Policy of cluster %s; see the README, section Policy.\n' "$PREFIX" \
+			>"$STATE/policy.yaml.tmp"
+	fi
+	mv "$STATE/policy.yaml.tmp" "$STATE/policy.yaml"
 }
 
 random_token() {
@@ -591,6 +609,7 @@ start_agent() {
 	setsid nsenter --net="$(netns_path "$node")" -- "$BIN/veil-agent" \
 		--node "$node" \
 		--workloads "$STATE/workloads.yaml" \
+		--policy "$STATE/policy.yaml" \
 		--cgroup "$cg2/$PREFIX/$node" \
 		--bpffs "$BPFFS/$PREFIX/$node" \
 		--admin-socket "$STATE/$node/agent.sock" \

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -89,19 +88,6 @@ var fieldsOf = []struct{ typ, what, known string }{
 			"veil enforces L4 policy only"},
 	{"rawOperation", "an operation field",
 		"ports, notPorts; veil enforces L4 policy only"},
-}
-
-// Load reads and parses the policy file at path. Every error names path.
-func Load(path string) (*Policy, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading policy file: %w", err)
-	}
-	p, err := Parse(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return p, nil
 }
 
 // Parse parses a policy file. An empty file is an empty policy: every port PERMISSIVE

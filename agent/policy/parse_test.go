@@ -1,8 +1,6 @@
 package policy
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -149,20 +147,5 @@ func TestParseLimitsProblems(t *testing.T) {
 	_, err := Parse([]byte(b.String()))
 	if err == nil || !strings.Contains(err.Error(), "and 15 more") {
 		t.Fatalf("error = %v, want 10 problems and a count of the rest", err)
-	}
-}
-
-func TestLoadNamesThePath(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(path, []byte("peerAuthentications: [{name: a, mtls: {mode: NO}}]\n"),
-		0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Load(path); err == nil || !strings.HasPrefix(err.Error(), path+": ") {
-		t.Fatalf("Load error = %v, want it to start with the path", err)
-	}
-	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml")); err == nil ||
-		!strings.Contains(err.Error(), "reading policy file") {
-		t.Fatalf("Load of a missing file: %v", err)
 	}
 }

@@ -47,7 +47,7 @@ func newRootCmd() *cobra.Command {
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(outputFormats,
 		cobra.ShellCompDirectiveNoFileComp))
 	cmd.AddCommand(newStatusCmd(o), newWorkloadsCmd(o), newCertsCmd(o),
-		newConnectionsCmd(o), newLogLevelCmd(o))
+		newConnectionsCmd(o), newLogLevelCmd(o), newPolicyCmd(o))
 	return cmd
 }
 

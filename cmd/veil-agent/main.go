@@ -70,6 +70,9 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&cfg.WorkloadFile, "workloads",
 		envOr("VEIL_WORKLOADS", "/etc/veil/workloads.yaml"),
 		"workload file (env VEIL_WORKLOADS)")
+	f.StringVar(&cfg.PolicyFile, "policy", envOr("VEIL_POLICY", ""),
+		"policy file of peer authentications and authorization policies; empty: every "+
+			"port PERMISSIVE and every connection allowed (env VEIL_POLICY)")
 	f.StringVar(&cfg.Cgroup, "cgroup", envOr("VEIL_CGROUP", ""),
 		"cgroup v2 directory whose processes are intercepted (env VEIL_CGROUP)")
 	f.StringVar(&cfg.PinDir, "bpffs", envOr("VEIL_BPFFS", "/sys/fs/bpf/veil"),
