@@ -51,7 +51,7 @@ test: deps build lint ## gofmt and go vet, every test (privileged ones when root
 # to the CA, and the files operators write. Crashers found land in testdata/fuzz and
 # then run with every `go test`.
 FUZZ_TARGETS := ./tlsengine:FuzzHBONEServer ./ca:FuzzCheckCSR ./ca:FuzzParseNodeTokens \
-	./agent/workloadfile:FuzzParse
+	./agent/workloadfile:FuzzParse ./agent/policy:FuzzParse ./agent:FuzzPolicyCheck
 FUZZTIME ?= 5s
 
 fuzz: ## run each fuzz target for FUZZTIME (default 5s)

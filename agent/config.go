@@ -43,6 +43,8 @@ type Config struct {
 	InboundPort  uint16
 	HBONEPort    uint16
 	Exclude      []netip.Prefix
+	// GuardQueue is the NFQUEUE number of the egress guard in each pod's netns.
+	GuardQueue uint16
 
 	// ReloadEvery is how often the workload file is checked for changes.
 	ReloadEvery time.Duration
@@ -73,6 +75,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.HBONEPort == 0 {
 		c.HBONEPort = DefaultHBONEPort
+	}
+	if c.GuardQueue == 0 {
+		c.GuardQueue = DefaultGuardQueue
 	}
 	if c.ReloadEvery == 0 {
 		c.ReloadEvery = 2 * time.Second

@@ -24,6 +24,8 @@ const (
 	fieldAuthorizationPolicies = "authorizationPolicies"
 	fieldRule                  = "rule"
 	fieldWouldAllow            = "wouldAllow"
+	fieldVerdict               = "verdict"
+	fieldMode                  = "mode"
 
 	// Access log fields. They follow ztunnel's access log, so queries written for Istio
 	// ambient find veil's lines too. src is the end that opened the connection, dst the

@@ -32,6 +32,7 @@ const (
 	labelVersion        = "version"
 	labelState          = "state"
 	labelReason         = "reason"
+	labelVerdict        = "verdict"
 
 	// Values of the reason label of denials: which part of policy refused.
 	labelPeerAuthentication = "peer_authentication"
@@ -62,6 +63,7 @@ type metrics struct {
 	enrollments     *prometheus.CounterVec
 	enrollDurations *prometheus.HistogramVec
 	denials         *prometheus.CounterVec
+	guardVerdicts   *prometheus.CounterVec
 
 	// accessLog, if not nil, gets one line per closed connection.
 	accessLog *zerolog.Logger
@@ -111,6 +113,10 @@ func newMetrics(version string) *metrics {
 			"workload's identity and the reason: peer_authentication (plaintext to a "+
 			"STRICT port) or authorization (an AuthorizationPolicy).",
 		labelIdentity, labelReason)
+	m.guardVerdicts = counter("egress_guard_verdicts_total",
+		"New outbound flows that left a pod without going through the agent, by the "+
+			"pod's identity and the verdict: dropped (the pod is STRICT) or accepted.",
+		labelIdentity, labelVerdict)
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: metricsNamespace, Name: "build_info",
 		Help: "Always 1; the agent's version is in the label.",
@@ -118,7 +124,7 @@ func newMetrics(version string) *metrics {
 	build.WithLabelValues(version).Set(1)
 
 	m.reg.MustRegister(m.opened, m.closed, m.failed, m.sent, m.received, m.handshake,
-		m.enrollments, m.enrollDurations, m.denials, build,
+		m.enrollments, m.enrollDurations, m.denials, m.guardVerdicts, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -214,4 +220,8 @@ func (c *connMetrics) Closed(ci tlsengine.ConnInfo, outcome string) {
 
 func (m *metrics) denied(id spiffeid.ID, reason string) {
 	m.denials.WithLabelValues(id.String(), reason).Inc()
+}
+
+func (m *metrics) guarded(id spiffeid.ID, verdict string) {
+	m.guardVerdicts.WithLabelValues(id.String(), verdict).Inc()
 }

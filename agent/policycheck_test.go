@@ -13,7 +13,7 @@ import (
 )
 
 // checkAgent is an agent with a workload file and a policy in force, and nothing started.
-func checkAgent(t *testing.T, policyYAML string) *Agent {
+func checkAgent(t testing.TB, policyYAML string) *Agent {
 	t.Helper()
 	a := newAgent(Config{Node: "n1"}, zerolog.Nop())
 	f, problems, err := workloadfile.Parse([]byte(`
@@ -131,4 +131,22 @@ func TestEvaluatePlaintextToStrict(t *testing.T) {
 	if v := evaluate(p, w, peer, src, 80); v.err != nil {
 		t.Errorf("mTLS to a STRICT port: %+v", v)
 	}
+}
+
+// FuzzPolicyCheck feeds the admin API's policy check arbitrary queries: each must give an
+// answer or an error, never a panic.
+func FuzzPolicyCheck(f *testing.F) {
+	f.Add("10.0.0.1", "10.0.0.2:8080")
+	f.Add("cluster.local/ns/shop/sa/web", "[::ffff:10.0.0.2]:1")
+	f.Add("spiffe://x/y", "10.0.0.2:0")
+	a := checkAgent(f, `
+peerAuthentications: [{name: s, namespace: shop, portLevelMtls: {"80": {mode: STRICT}}}]
+authorizationPolicies: [{name: a, dryRun: true, rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]}]
+`)
+	f.Fuzz(func(t *testing.T, from, to string) {
+		pc, err := a.policyCheck(from, to)
+		if err == nil && pc.Decision != "allow" && pc.Decision != "deny" {
+			t.Fatalf("decision %q", pc.Decision)
+		}
+	})
 }

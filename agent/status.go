@@ -30,10 +30,12 @@ type Status struct {
 	CA          CAStatus                   `json:"ca"`
 	Traffic     tlsengine.Stats            `json:"traffic"`
 	// SoonestExpiry is when the first of this node's certificates expires.
-	SoonestExpiry *time.Time    `json:"soonestExpiry,omitempty"`
-	WorkloadFile  FileStatus    `json:"workloadFile"`
-	Policy        PolicyStatus  `json:"policy"`
-	RecentErrors  []RecentError `json:"recentErrors"`
+	SoonestExpiry *time.Time   `json:"soonestExpiry,omitempty"`
+	WorkloadFile  FileStatus   `json:"workloadFile"`
+	Policy        PolicyStatus `json:"policy"`
+	// EgressGuard sums the egress guard verdicts of the enrolled workloads.
+	EgressGuard  GuardStatus   `json:"egressGuard"`
+	RecentErrors []RecentError `json:"recentErrors"`
 }
 
 // ProgramStatus is one attached BPF program and whether its link is pinned in bpffs,
@@ -51,8 +53,10 @@ type WorkloadStatus struct {
 	IPs       []netip.Addr `json:"ips"`
 	Netns     string       `json:"netns"`
 	Enrolled  bool         `json:"enrolled"`
-	Since     *time.Time   `json:"since,omitempty"`
-	Error     string       `json:"error,omitempty"`
+	// EgressGuard counts what the pod's egress guard judged; absent when none runs.
+	EgressGuard *GuardStatus `json:"egressGuard,omitempty"`
+	Since       *time.Time   `json:"since,omitempty"`
+	Error       string       `json:"error,omitempty"`
 }
 
 // CAStatus says whether the CA answered the last time the agent asked.
@@ -129,6 +133,13 @@ func (a *Agent) status() Status {
 	a.mu.Unlock()
 	s.Workloads = a.workloadStatuses()
 	s.Policy = a.policyStatus()
+	for _, ws := range s.Workloads {
+		if g := ws.EgressGuard; g != nil {
+			s.EgressGuard.Accepted += g.Accepted
+			s.EgressGuard.Dropped += g.Dropped
+			s.EgressGuard.Errors += g.Errors
+		}
+	}
 	return s
 }
 
@@ -138,6 +149,7 @@ func (w *workload) status() WorkloadStatus {
 	ws := WorkloadStatus{
 		Name: w.spec.Name, Namespace: w.spec.Namespace, Identity: w.id.String(),
 		IPs: w.spec.IPs, Netns: w.spec.Netns, Enrolled: w.enr != nil,
+		EgressGuard: w.guardStatus(),
 	}
 	if !w.enrolled.IsZero() {
 		t := w.enrolled

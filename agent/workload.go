@@ -36,6 +36,7 @@ type workload struct {
 	ns        *redirect.Netns
 	listeners []*net.TCPListener
 	enr       *redirect.Enrollment
+	guard     *redirect.Guard
 	tw        *tlsengine.Workload // what the engine serves; kept to Forget it
 }
 
@@ -79,6 +80,9 @@ func (a *Agent) setUp(ctx context.Context, w *workload) error {
 	}
 	w.ns = ns
 	if err := redirect.PrepareNetns(ns, a.cfg.DeliveryMark); err != nil {
+		return err
+	}
+	if err := a.startGuard(w, ns); err != nil {
 		return err
 	}
 
@@ -296,6 +300,19 @@ func (w *workload) release(log zerolog.Logger, unenroll bool) {
 			log.Warn().Err(err).Msg("unenrolling")
 		}
 		w.enr = nil
+	}
+	// Without unenroll the guard's rules stay, and with no reader the kernel drops what
+	// they queue: the pod fails closed until the next agent reads its queue.
+	if unenroll && w.ns != nil {
+		if err := redirect.RemoveGuardRules(w.ns); err != nil {
+			log.Warn().Err(err).Msg("removing the egress guard")
+		}
+	}
+	if w.guard != nil {
+		if err := w.guard.Close(); err != nil {
+			log.Warn().Err(err).Msg("stopping the egress guard")
+		}
+		w.guard = nil
 	}
 	for _, ln := range w.listeners {
 		ln.Close()

@@ -29,6 +29,7 @@ import (
 //	recv ADDR            connect, read to EOF, print the hash of what arrived
 //	sendtext ADDR T N    connect, send text T N times, half-close, print the reply
 //	hold ADDR            connect, send "hi", print "connected", wait for stdin to close
+//	connect ADDR SECS    connect with a timeout, print "connected", "timeout" or the error
 //	wait-close ADDR      connect, send "hi", print "connected", read until the connection
 //	                     ends, print "closed: eof", "closed: reset" or the error
 //	read-one ADDR        connect, read until error, print "eof" or "reset" and the bytes
@@ -161,6 +162,20 @@ func helper(args []string) error {
 			fmt.Println("closed: reset")
 		default:
 			fmt.Println("closed:", err)
+		}
+		return nil
+	case "connect":
+		// Reports whether a connection can be opened within the timeout, in seconds.
+		c, err := net.DialTimeout("tcp", addr, time.Duration(atoi(args[2]))*time.Second)
+		var ne net.Error
+		switch {
+		case err == nil:
+			c.Close()
+			fmt.Println("connected")
+		case errors.As(err, &ne) && ne.Timeout():
+			fmt.Println("timeout")
+		default:
+			fmt.Println("error", err)
 		}
 		return nil
 	case "recv":

@@ -76,6 +76,10 @@ func printSummary(out io.Writer, s agent.Status) {
 		t.Opened, t.Closed, t.Failed)
 	fmt.Fprintf(w, "Bytes:\tsent %d, received %d\n", t.BytesSent, t.BytesReceived)
 	fmt.Fprintf(w, "Kernel features:\t%s\n", features(s.Features))
+	fmt.Fprintf(w, "Policy:\t%s\n", policyState(s.Policy))
+	g := s.EgressGuard
+	fmt.Fprintf(w, "Egress guard:\tdropped %d, accepted %d, reader errors %d\n",
+		g.Dropped, g.Accepted, g.Errors)
 	w.Flush()
 }
 
@@ -155,4 +159,18 @@ func printRecentErrors(out io.Writer, errs []agent.RecentError) {
 	for _, e := range errs {
 		fmt.Fprintf(out, "  %s  %s\n", e.Time.Format(time.TimeOnly), e.Message)
 	}
+}
+
+// policyState sums up the policy in force, and says so when the file's latest version
+// was rejected.
+func policyState(p agent.PolicyStatus) string {
+	if p.File == "" {
+		return "none (every port PERMISSIVE, every connection allowed)"
+	}
+	st := fmt.Sprintf("%s: %d peer authentications, %d authorization policies",
+		p.File, p.PeerAuthentications, p.AuthorizationPolicies)
+	if p.Error != "" {
+		st += "; LATEST VERSION REJECTED, previous one in force (see Recent errors)"
+	}
+	return st
 }
