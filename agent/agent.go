@@ -54,6 +54,8 @@ type Agent struct {
 	workloads map[string]*workload // by namespace/name, this node's only
 	fileErr   error
 	problems  []error
+	// loggedProblems are the problems of the last reading, logged already.
+	loggedProblems map[string]bool
 }
 
 // Run starts the agent and serves until ctx ends. It returns an error only for what stops
@@ -108,11 +110,16 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	defer admin.Close()
 
-	file, err := a.firstWorkloadFile(ctx)
-	if err != nil {
-		return err
+	readings := make(chan fileReading)
+	policies := make(chan policyReading)
+	var watches sync.WaitGroup
+	var file *workloadfile.File
+	if cfg.Kubernetes {
+		file, err = a.startKube(ctx, &watches, readings, policies)
+	} else {
+		file, err = a.firstFiles(ctx)
 	}
-	if err := a.firstPolicy(ctx); err != nil {
+	if err != nil {
 		return err
 	}
 	ids := tlsengine.NewIdentityStore(a.signer, file.TrustDomain, a.log)
@@ -131,9 +138,28 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	// File changes and retries are handled on this goroutine alone, so an enrollment
 	// never races another of the same pod; Watch is waited for before the workloads are
 	// let go, so none is enrolled after.
-	readings := make(chan fileReading)
-	policies := make(chan policyReading)
-	var watches sync.WaitGroup
+	if !cfg.Kubernetes {
+		a.watchFiles(ctx, &watches, readings, policies)
+	}
+	a.loop(ctx, readings, policies)
+	watches.Wait()
+	a.detachAll()
+	return nil
+}
+
+// firstFiles waits until the workload and policy files are usable.
+func (a *Agent) firstFiles(ctx context.Context) (*workloadfile.File, error) {
+	file, err := a.firstWorkloadFile(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return file, a.firstPolicy(ctx)
+}
+
+// watchFiles watches the workload and policy files, feeding readings and policies.
+func (a *Agent) watchFiles(ctx context.Context, watches *sync.WaitGroup,
+	readings chan<- fileReading, policies chan<- policyReading) {
+	cfg := a.cfg
 	watches.Go(func() {
 		workloadfile.Watch(ctx, cfg.WorkloadFile, cfg.ReloadEvery,
 			func(f *workloadfile.File, problems []error, err error) {
@@ -147,16 +173,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		watches.Go(func() {
 			filewatch.Watch(ctx, cfg.PolicyFile, cfg.ReloadEvery, func(data []byte, err error) {
 				select {
-				case policies <- policyReading{data, err}:
+				case policies <- policyReading{data: data, err: err}:
 				case <-ctx.Done():
 				}
 			})
 		})
 	}
-	a.loop(ctx, readings, policies)
-	watches.Wait()
-	a.detachAll()
-	return nil
 }
 
 // fileReading is one reading of the workload file by Watch.
@@ -328,16 +350,18 @@ func (a *Agent) onWorkloadFile(ctx context.Context, f *workloadfile.File, proble
 			Msg("workload file change refused")
 		return
 	}
-	a.log.Info().Str(fieldFile, a.cfg.WorkloadFile).Msg("workload file changed")
+	if a.cfg.Kubernetes {
+		a.log.Debug().Int(fieldWorkloads, len(f.Workloads)).Msg("mesh pods changed")
+	} else {
+		a.log.Info().Str(fieldFile, a.cfg.WorkloadFile).Msg("workload file changed")
+	}
 	a.apply(ctx, f, problems)
 }
 
 // apply makes the enrolled set match the file: workloads that left this node or changed
 // are unenrolled, new ones enrolled, and the table of expected peer identities replaced.
 func (a *Agent) apply(ctx context.Context, f *workloadfile.File, problems []error) {
-	for _, p := range problems {
-		a.errorEvent(p, "workload left out").Str(fieldFile, a.cfg.WorkloadFile).Msg("workload left out")
-	}
+	a.logProblems(problems)
 	a.peers.replace(f)
 	a.namespaces.Store(&f.Namespaces)
 	a.file.Store(f)
@@ -446,4 +470,18 @@ func (s *trackedSigner) state() (time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.lastOK, s.lastErr
+}
+
+// logProblems logs the workloads left out, each once while it stays out: the Kubernetes
+// API sends a new picture of the mesh with every pod change anywhere in the cluster.
+func (a *Agent) logProblems(problems []error) {
+	seen := make(map[string]bool, len(problems))
+	for _, p := range problems {
+		seen[p.Error()] = true
+		if !a.loggedProblems[p.Error()] {
+			a.errorEvent(p, "workload left out").Str(fieldFile, a.cfg.WorkloadFile).
+				Msg("workload left out")
+		}
+	}
+	a.loggedProblems = seen
 }

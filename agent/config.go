@@ -24,6 +24,15 @@ const (
 type Config struct {
 	Node         string
 	WorkloadFile string
+	// Kubernetes makes the agent learn workloads and policies from the Kubernetes API
+	// instead of WorkloadFile and PolicyFile; Kubeconfig, when set, says how to reach
+	// it from outside a pod, and TrustDomain names the mesh.
+	Kubernetes  bool
+	Kubeconfig  string
+	TrustDomain string
+	// ProcDir is where the host's processes are seen, to find pods' network namespaces
+	// by their processes; default /proc.
+	ProcDir string
 	// PolicyFile is the peer authentication and authorization policy; empty: none,
 	// every port PERMISSIVE and every connection allowed.
 	PolicyFile string
@@ -76,6 +85,12 @@ func (c *Config) setDefaults() {
 	if c.HBONEPort == 0 {
 		c.HBONEPort = DefaultHBONEPort
 	}
+	if c.ProcDir == "" {
+		c.ProcDir = "/proc"
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "cluster.local"
+	}
 	if c.GuardQueue == 0 {
 		c.GuardQueue = DefaultGuardQueue
 	}
@@ -86,8 +101,12 @@ func (c *Config) setDefaults() {
 
 func (c *Config) validate() error {
 	var errs []error
+	workloads := c.WorkloadFile
+	if c.Kubernetes {
+		workloads = "from the API"
+	}
 	for _, f := range []struct{ v, flag string }{
-		{c.Node, "--node"}, {c.WorkloadFile, "--workloads"}, {c.Cgroup, "--cgroup"},
+		{c.Node, "--node"}, {workloads, "--workloads (or --kubernetes)"}, {c.Cgroup, "--cgroup"},
 		{c.PinDir, "--bpffs"}, {c.AdminSocket, "--admin-socket"}, {c.CAAddr, "--ca-addr"},
 		{c.CARoot, "--ca-root"}, {c.NodeTokenFile, "--node-token-file"},
 	} {

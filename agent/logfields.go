@@ -19,6 +19,7 @@ const (
 	fieldListener  = "listener"
 	fieldCgroup    = "cgroup"
 	fieldClosed    = "closed"
+	fieldWorkloads = "workloads"
 
 	fieldPeerAuthentications   = "peerAuthentications"
 	fieldAuthorizationPolicies = "authorizationPolicies"

@@ -87,6 +87,9 @@ func (a *Agent) policyStatus() PolicyStatus {
 type policyReading struct {
 	data []byte
 	err  error
+	// parsed is the policy when the reading comes parsed already, from the Kubernetes
+	// API; data is then its canonical text.
+	parsed *policy.Policy
 }
 
 // firstPolicy waits until the policy file can be used. Enrolling pods under no policy
@@ -144,7 +147,10 @@ func (a *Agent) onPolicyFile(r policyReading) {
 	if r.err == nil && a.policy.inForce(r.data) {
 		return // the first poll, or a file rewritten with the same content
 	}
-	p, err := parsePolicy(a.cfg.PolicyFile, r.data, r.err)
+	p, err := r.parsed, error(nil)
+	if p == nil {
+		p, err = parsePolicy(a.cfg.PolicyFile, r.data, r.err)
+	}
 	if err != nil {
 		a.policy.fail(err)
 		a.errorEvent(err, "policy not changed").Str(fieldFile, a.cfg.PolicyFile).

@@ -70,6 +70,18 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&cfg.WorkloadFile, "workloads",
 		envOr("VEIL_WORKLOADS", "/etc/veil/workloads.yaml"),
 		"workload file (env VEIL_WORKLOADS)")
+	f.BoolVar(&cfg.Kubernetes, "kubernetes", envOr("VEIL_KUBERNETES", "") == "true",
+		"learn pods and policies from the Kubernetes API instead of --workloads and "+
+			"--policy (env VEIL_KUBERNETES=true)")
+	f.StringVar(&cfg.Kubeconfig, "kubeconfig", envOr("VEIL_KUBECONFIG", ""),
+		"kubeconfig file for --kubernetes outside a pod; empty: the pod's service account "+
+			"(env VEIL_KUBECONFIG)")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", envOr("VEIL_TRUST_DOMAIN", "cluster.local"),
+		"trust domain of the identities, with --kubernetes; the workload file names its own "+
+			"(env VEIL_TRUST_DOMAIN)")
+	f.StringVar(&cfg.ProcDir, "proc", envOr("VEIL_PROC", "/proc"),
+		"the host's /proc, where pods' network namespaces are found with --kubernetes "+
+			"(env VEIL_PROC)")
 	f.StringVar(&cfg.PolicyFile, "policy", envOr("VEIL_POLICY", ""),
 		"policy file of peer authentications and authorization policies; empty: every "+
 			"port PERMISSIVE and every connection allowed (env VEIL_POLICY)")

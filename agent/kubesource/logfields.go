@@ -1,0 +1,4 @@
+package kubesource
+
+// Log field names.
+const fieldResource = "resource"

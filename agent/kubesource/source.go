@@ -1,0 +1,373 @@
+package kubesource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	listerscorev1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/veil-mesh/veil/agent/policy"
+	"github.com/veil-mesh/veil/agent/workloadfile"
+)
+
+// Config configures a Source.
+type Config struct {
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+	// Node is this node's name, as pods' spec.nodeName gives it.
+	Node        string
+	TrustDomain spiffeid.TrustDomain
+	// RootNamespace holds mesh-wide policies; empty: DefaultRootNamespace.
+	RootNamespace string
+	// FindNetns returns a path to the network namespace of a pod of this node with ip.
+	FindNetns func(ip netip.Addr) (string, error)
+	// Rescan is how often pods of this node whose namespace was not found are looked
+	// for again; 0: 5 s.
+	Rescan time.Duration
+	Log    zerolog.Logger
+}
+
+// Source watches the API. Its methods are safe for concurrent use.
+type Source struct {
+	cfg  Config
+	kick chan struct{}
+
+	cluster, local, namespaces cache.SharedIndexInformer
+	pa, ap                     cache.SharedIndexInformer
+
+	mu     sync.Mutex
+	netns  map[podKey]string // found namespaces of this node's pods
+	warned map[string]bool   // problems logged already, by text
+	goodPA map[string]map[string]any
+	goodAP map[string]map[string]any
+	synced bool
+}
+
+// podKey is a pod at one address: the same name with a new UID or IP is another pod.
+type podKey struct {
+	uid string
+	ip  netip.Addr
+}
+
+// New makes a source; Run starts it.
+func New(cfg Config) *Source {
+	if cfg.RootNamespace == "" {
+		cfg.RootNamespace = DefaultRootNamespace
+	}
+	if cfg.Rescan == 0 {
+		cfg.Rescan = 5 * time.Second
+	}
+	return &Source{
+		cfg: cfg, kick: make(chan struct{}, 1), netns: map[podKey]string{},
+		warned: map[string]bool{}, goodPA: map[string]map[string]any{},
+		goodAP: map[string]map[string]any{},
+	}
+}
+
+// Synced reports whether every watch has listed once and the first snapshot was made.
+func (s *Source) Synced() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.synced
+}
+
+// Run watches until ctx ends. Once every watch has listed, and then after each change,
+// it calls onWorkloads with the mesh's workloads and the problems of the pods left out,
+// and onPolicy with the policy and its canonical text (for a digest), each only when
+// it changed. Both run on Run's goroutine.
+func (s *Source) Run(ctx context.Context, onWorkloads func(*workloadfile.File, []error),
+	onPolicy func(*policy.Policy, []byte)) error {
+	all := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0,
+		informers.WithTransform(trimPod))
+	mine := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0,
+		informers.WithTransform(trimPod),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", s.cfg.Node).String()
+		}))
+	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, 0)
+
+	s.cluster = all.Core().V1().Pods().Informer()
+	s.namespaces = all.Core().V1().Namespaces().Informer()
+	s.local = mine.Core().V1().Pods().Informer()
+	s.pa = dyn.ForResource(PeerAuthenticationsResource).Informer()
+	s.ap = dyn.ForResource(AuthorizationPoliciesResource).Informer()
+	for name, inf := range s.informers() {
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { s.poke() },
+			UpdateFunc: func(any, any) { s.poke() },
+			DeleteFunc: func(any) { s.poke() },
+		}); err != nil {
+			return fmt.Errorf("watching %s: %w", name, err)
+		}
+		if err := inf.SetWatchErrorHandlerWithContext(s.watchError(name)); err != nil {
+			return fmt.Errorf("watching %s: %w", name, err)
+		}
+	}
+
+	all.Start(ctx.Done())
+	mine.Start(ctx.Done())
+	dyn.Start(ctx.Done())
+	defer all.Shutdown()
+	defer mine.Shutdown()
+	defer dyn.Shutdown()
+
+	syncs := []cache.InformerSynced{}
+	for _, inf := range s.informers() {
+		syncs = append(syncs, inf.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
+		return ctx.Err()
+	}
+	s.loop(ctx, listerscorev1.NewNamespaceLister(s.namespaces.GetIndexer()), onWorkloads, onPolicy)
+	return nil
+}
+
+func (s *Source) informers() map[string]cache.SharedIndexInformer {
+	return map[string]cache.SharedIndexInformer{
+		"pods": s.cluster, "pods of " + s.cfg.Node: s.local, "namespaces": s.namespaces,
+		PeerAuthenticationsResource.Resource: s.pa, AuthorizationPoliciesResource.Resource: s.ap,
+	}
+}
+
+func (s *Source) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// watchError logs a failing watch once per distinct error, with what to do about the
+// usual causes, instead of the reflector's line every retry.
+func (s *Source) watchError(what string) cache.WatchErrorHandlerWithContext {
+	return func(_ context.Context, _ *cache.Reflector, err error) {
+		msg := fmt.Sprintf("watching %s: %v", what, err)
+		if !s.firstTime(msg) {
+			return
+		}
+		ev := s.cfg.Log.Error().Str(fieldResource, what).Err(err)
+		switch {
+		case strings.Contains(err.Error(), "forbidden"):
+			ev.Msg("the API refuses the agent's watch; check the RBAC rules in deploy/")
+		case strings.Contains(err.Error(), "the server could not find the requested resource"):
+			ev.Msg("a resource is not known to the API; install the CRDs: kubectl apply -k deploy/")
+		default:
+			ev.Msg("watch failed; retrying")
+		}
+	}
+}
+
+// firstTime reports whether msg has not been logged yet, and remembers it.
+func (s *Source) firstTime(msg string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.warned[msg] {
+		return false
+	}
+	s.warned[msg] = true
+	return true
+}
+
+// debounce gathers a burst of events, a rollout's worth of pods, into one snapshot.
+const debounce = 100 * time.Millisecond
+
+func (s *Source) loop(ctx context.Context, namespaces listerscorev1.NamespaceLister,
+	onWorkloads func(*workloadfile.File, []error), onPolicy func(*policy.Policy, []byte)) {
+	var (
+		lastFile   *workloadfile.File
+		lastPolicy []byte
+	)
+	rescan := time.NewTicker(s.cfg.Rescan)
+	defer rescan.Stop()
+	publish := func() {
+		f, problems, missing := s.workloads(namespaces)
+		if lastFile == nil || !reflect.DeepEqual(f, lastFile) {
+			lastFile = f
+			onWorkloads(f, problems)
+		}
+		p, text := s.policy()
+		if lastPolicy == nil || string(text) != string(lastPolicy) {
+			lastPolicy = text
+			onPolicy(p, text)
+		}
+		s.mu.Lock()
+		s.synced = true
+		s.mu.Unlock()
+		if !missing {
+			rescan.Reset(time.Hour) // nothing to look for
+		} else {
+			rescan.Reset(s.cfg.Rescan)
+		}
+	}
+
+	publish()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+			select {
+			case <-time.After(debounce):
+			case <-ctx.Done():
+				return
+			}
+			publish()
+		case <-rescan.C:
+			publish()
+		}
+	}
+}
+
+// workloads builds the mesh's workloads from the caches. missing says that a pod of this
+// node has no namespace found yet, so the caller looks again later.
+func (s *Source) workloads(namespaces listerscorev1.NamespaceLister) (
+	f *workloadfile.File, problems []error, missing bool) {
+	f = &workloadfile.File{TrustDomain: s.cfg.TrustDomain,
+		Namespaces: map[string]workloadfile.Namespace{}}
+	taken := map[netip.Addr]string{}
+	pods := s.meshPods(namespaces)
+	defer s.forgetNetns(pods)
+	for _, pod := range pods {
+		w, err := s.workload(pod)
+		if err == nil {
+			err = claim(taken, w)
+		}
+		if err != nil {
+			problems = append(problems, err)
+			missing = missing || (pod.Spec.NodeName == s.cfg.Node && errors.Is(err, errNoNetns))
+			continue
+		}
+		f.Workloads = append(f.Workloads, w)
+	}
+	return f, problems, missing
+}
+
+var errNoNetns = errors.New("no network namespace on this node holds its address yet")
+
+// meshPods lists the running mesh pods, this node's from the node's own watch, sorted
+// by namespace and name.
+func (s *Source) meshPods(namespaces listerscorev1.NamespaceLister) []*corev1.Pod {
+	var out []*corev1.Pod
+	add := func(obj any, local bool) {
+		pod, ok := obj.(*corev1.Pod)
+		if !ok || !running(pod) || (pod.Spec.NodeName == s.cfg.Node) != local {
+			return
+		}
+		var nsLabels map[string]string
+		if ns, err := namespaces.Get(pod.Namespace); err == nil {
+			nsLabels = ns.Labels
+		}
+		if inMesh(pod, nsLabels) {
+			out = append(out, pod)
+		}
+	}
+	for _, obj := range s.cluster.GetStore().List() {
+		add(obj, false)
+	}
+	for _, obj := range s.local.GetStore().List() {
+		add(obj, true)
+	}
+	slices.SortFunc(out, func(a, b *corev1.Pod) int {
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	return out
+}
+
+// workload describes a mesh pod as the workload file would.
+func (s *Source) workload(pod *corev1.Pod) (workloadfile.Workload, error) {
+	name := "pod " + pod.Namespace + "/" + pod.Name
+	w := workloadfile.Workload{
+		Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod),
+		Node: pod.Spec.NodeName, IPs: podIPs(pod), Labels: pod.Labels,
+	}
+	if w.Node == "" {
+		return w, fmt.Errorf("%s is not scheduled yet", name)
+	}
+	if len(w.IPs) == 0 {
+		return w, fmt.Errorf("%s has no IP yet; it joins the mesh once it has one", name)
+	}
+	if w.ID(s.cfg.TrustDomain).IsZero() {
+		return w, fmt.Errorf("%s: namespace %q or service account %q cannot be part of "+
+			"a SPIFFE ID", name, w.Namespace, w.ServiceAccount)
+	}
+	if w.Node == s.cfg.Node {
+		path, err := s.netnsOf(pod, w.IPs[0])
+		if err != nil {
+			return w, fmt.Errorf("%s (%s): %w", name, w.IPs[0], errNoNetns)
+		}
+		w.Netns = path
+	}
+	return w, nil
+}
+
+func (s *Source) netnsOf(pod *corev1.Pod, ip netip.Addr) (string, error) {
+	k := podKey{string(pod.UID), ip}
+	s.mu.Lock()
+	path, ok := s.netns[k]
+	s.mu.Unlock()
+	if ok {
+		return path, nil
+	}
+	path, err := s.cfg.FindNetns(ip)
+	if err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	s.netns[k] = path
+	s.mu.Unlock()
+	return path, nil
+}
+
+// forgetNetns drops what was found for pods that are gone.
+func (s *Source) forgetNetns(pods []*corev1.Pod) {
+	live := map[string]bool{}
+	for _, pod := range pods {
+		live[string(pod.UID)] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.netns {
+		if !live[k.uid] {
+			delete(s.netns, k)
+		}
+	}
+}
+
+// claim gives w's addresses to w, or says which pod has one of them: two running pods
+// cannot have one address, and the first, by name, keeps it.
+func claim(taken map[netip.Addr]string, w workloadfile.Workload) error {
+	name := w.Namespace + "/" + w.Name
+	for _, ip := range w.IPs {
+		if other, ok := taken[ip]; ok {
+			return fmt.Errorf("pod %s: address %s is pod %s's too; left out until one of "+
+				"them goes", name, ip, other)
+		}
+	}
+	for _, ip := range w.IPs {
+		taken[ip] = name
+	}
+	return nil
+}
+
+func metaOf(pod *corev1.Pod) metav1.ObjectMeta {
+	return metav1.ObjectMeta{
+		Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, Labels: pod.Labels,
+		ResourceVersion: pod.ResourceVersion, DeletionTimestamp: pod.DeletionTimestamp,
+	}
+}
