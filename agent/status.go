@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/veil-mesh/veil/ca"
 	"github.com/veil-mesh/veil/redirect"
 	"github.com/veil-mesh/veil/tlsengine"
 )
@@ -36,6 +37,16 @@ type Status struct {
 	// EgressGuard sums the egress guard verdicts of the enrolled workloads.
 	EgressGuard  GuardStatus   `json:"egressGuard"`
 	RecentErrors []RecentError `json:"recentErrors"`
+	// TrustBundle is the roots this node verifies peers against, from the CA's latest
+	// answer: during a root rotation it shows whether this node trusts the new root yet.
+	TrustBundle []TrustedRoot `json:"trustBundle"`
+}
+
+// TrustedRoot is one root of the trust bundle. ID is the one `veil-ca root list` shows.
+type TrustedRoot struct {
+	ID       string    `json:"id"`
+	Subject  string    `json:"subject"`
+	NotAfter time.Time `json:"notAfter"`
 }
 
 // ProgramStatus is one attached BPF program and whether its link is pinned in bpffs,
@@ -59,12 +70,22 @@ type WorkloadStatus struct {
 	Error       string       `json:"error,omitempty"`
 }
 
-// CAStatus says whether the CA answered the last time the agent asked.
+// CAStatus says whether the CA answered the last time the agent asked. The agent asks
+// only to obtain or renew a certificate (and retries a failed renewal within a minute),
+// so an outage shows from the first renewal it fails, and clears with the first the CA
+// answers.
 type CAStatus struct {
-	Addr      string     `json:"addr"`
+	Addr string `json:"addr"`
+	// Reachable is true when the CA answered the latest request, whatever it answered.
 	Reachable bool       `json:"reachable"`
 	LastOK    *time.Time `json:"lastOK,omitempty"`
-	LastError string     `json:"lastError,omitempty"`
+	// LastError is the latest request's error: an unreachable CA, or a refusal.
+	LastError string `json:"lastError,omitempty"`
+	// LastAttempt is when the agent last asked the CA.
+	LastAttempt *time.Time `json:"lastAttempt,omitempty"`
+	// UnreachableSince is when requests started failing to reach the CA; set only
+	// while Reachable is false.
+	UnreachableSince *time.Time `json:"unreachableSince,omitempty"`
 }
 
 // FileStatus reports the workload file's last reading.
@@ -100,16 +121,13 @@ func (a *Agent) status() Status {
 		})
 		s.Maps, _ = red.MapUsage()
 	}
-	lastOK, lastErr := a.signer.state()
-	if !lastOK.IsZero() {
-		s.CA.LastOK = &lastOK
-	}
-	if lastErr != nil {
-		s.CA.LastError = lastErr.Error()
-	} else {
-		s.CA.Reachable = !lastOK.IsZero()
-	}
+	s.CA = caStatus(a.cfg.CAAddr, a.signer.c.Status())
+	s.TrustBundle = []TrustedRoot{}
 	if ids := a.identities(); ids != nil {
+		for _, r := range ids.TrustedRoots() {
+			s.TrustBundle = append(s.TrustBundle, TrustedRoot{ID: tlsengine.RootID(r),
+				Subject: r.Subject.String(), NotAfter: r.NotAfter})
+		}
 		s.Identities = ids.Status()
 		for _, id := range s.Identities {
 			if s.SoonestExpiry == nil || id.NotAfter.Before(*s.SoonestExpiry) {
@@ -141,6 +159,25 @@ func (a *Agent) status() Status {
 		}
 	}
 	return s
+}
+
+func caStatus(addr string, st ca.ClientStatus) CAStatus {
+	s := CAStatus{Addr: addr, Reachable: st.Reachable}
+	if st.LastError != nil {
+		s.LastError = st.LastError.Error()
+	}
+	s.LastOK = timePtr(st.LastOK)
+	s.LastAttempt = timePtr(st.LastAttempt)
+	s.UnreachableSince = timePtr(st.UnreachableSince)
+	return s
+}
+
+// timePtr is nil for the zero time, so that JSON leaves out what never happened.
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 func (w *workload) status() WorkloadStatus {
@@ -177,6 +214,8 @@ type CertStatus struct {
 	State       string    `json:"state"`
 	NextRenewal time.Time `json:"nextRenewal"`
 	LastError   string    `json:"lastError,omitempty"`
+	// Root is the ID of the trust bundle root the certificate chains to.
+	Root string `json:"root,omitempty"`
 }
 
 // Certificate states.
@@ -198,6 +237,7 @@ func (a *Agent) certs() []CertStatus {
 		c := CertStatus{
 			Identity: id.ID, Serial: id.Serial, NotBefore: id.NotBefore, NotAfter: id.NotAfter,
 			NextRenewal: id.NextRenewal, LastError: id.LastError, State: CertValid,
+			Root: id.Root,
 		}
 		switch {
 		case !now.Before(id.NotAfter):

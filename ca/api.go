@@ -8,10 +8,17 @@ const ServerName = "veil-ca.veil-system.svc"
 // SignPath is the HTTP path that signs a CSR.
 const SignPath = "/v1/sign"
 
-// Names of the root files inside the CA's directory.
+// Names of the files inside the CA's directory. root.crt and root.key are the first
+// root, made when the CA first starts; a directory that has never rotated holds only
+// them. Roots added later live in RootsDir, and StateFile says which root is in which
+// state. BundleFile always holds the roots agents should trust, for their --ca-root.
 const (
 	RootCertFile = "root.crt"
 	RootKeyFile  = "root.key"
+	StateFile    = "roots.json"
+	RootsDir     = "roots"
+	BundleFile   = "bundle.crt"
+	LockFile     = ".lock"
 )
 
 // signRequest is the body of a POST to SignPath.

@@ -49,6 +49,7 @@ node2 token-two
 type testCA struct {
 	dir, addr, rootPath, workloadsPath string
 	logs                               *testlog.Buffer
+	srv                                *Server
 }
 
 func writeFile(t *testing.T, path, data string) {
@@ -60,6 +61,12 @@ func writeFile(t *testing.T, path, data string) {
 
 // startCA runs a CA until the test ends; dir is reused when not empty.
 func startCA(t *testing.T, dir string) *testCA {
+	t.Helper()
+	return startCAWith(t, dir, nil)
+}
+
+// startCAWith is startCA with the config changed by configure before the CA starts.
+func startCAWith(t *testing.T, dir string, configure func(*Config)) *testCA {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -75,17 +82,22 @@ func startCA(t *testing.T, dir string) *testCA {
 		writeFile(t, filepath.Join(dir, "tokens"), testTokens)
 	}
 
-	s, err := NewServer(Config{
+	cfg := Config{
 		Dir:            filepath.Join(dir, "ca"),
 		WorkloadsPath:  c.workloadsPath,
 		ReloadPeriod:   10 * time.Millisecond,
 		NodeTokensPath: filepath.Join(dir, "tokens"),
 		CertTTL:        time.Hour,
 		Log:            zerolog.New(c.logs),
-	})
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	s, err := NewServer(cfg)
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}
+	c.srv = s
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -452,8 +464,8 @@ func TestClientErrors(t *testing.T) {
 	_, _, err = cl.Sign(context.Background(), newCSR(t, p256(t), idA))
 	if !errors.Is(err, ErrUnreachable) ||
 		!strings.Contains(err.Error(), "its certificate does not verify") ||
-		!strings.HasSuffix(err.Error(), "check that --ca-root is the root.crt of the CA at "+
-			"that address") {
+		!strings.HasSuffix(err.Error(), "check that --ca-root holds the bundle.crt of the CA "+
+			"at that address") {
 		t.Errorf("wrong root: %v", err)
 	}
 }

@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,16 +27,33 @@ const requestTimeout = 30 * time.Second
 
 // Client asks a veil-ca to sign CSRs on behalf of one node.
 type Client struct {
-	addr  string
-	token string
-	http  *http.Client
+	addr      string
+	token     string
+	http      *http.Client
+	bootstrap *x509.CertPool
+	// bundle is the bundle of the CA's latest answer, trusted for the CA's own
+	// certificate beside the bootstrap roots.
+	bundle atomic.Pointer[[]*x509.Certificate]
+	track  reachability
 }
 
-// NewClient returns a client for the CA at addr (host:port). It trusts only the root in
-// rootPEMPath and checks that the CA's certificate is for ServerName, whatever addr is.
-// tokenPath holds this node's token: either the token alone, or a single "<node> <token>"
-// line as in the CA's node tokens file; '#' comments and blank lines are ignored.
-func NewClient(addr, rootPEMPath, tokenPath string) (*Client, error) {
+// ClientOption changes how a Client works.
+type ClientOption func(*http.Transport)
+
+// WithDialContext makes the client open its connections with dial, for a caller that
+// must reach the CA from another network namespace.
+func WithDialContext(dial func(ctx context.Context, network, addr string) (net.Conn,
+	error)) ClientOption {
+	return func(tr *http.Transport) { tr.DialContext = dial }
+}
+
+// NewClient returns a client for the CA at addr (host:port). It trusts the roots in
+// rootPEMPath (the bootstrap roots) and, once the CA has answered, the bundle of its latest
+// answer too, so the CA can move its own certificate to a new root during a rotation. It
+// checks that the CA's certificate is for ServerName, whatever addr is. tokenPath holds
+// this node's token: either the token alone, or a single "<node> <token>" line as in the
+// CA's node tokens file; '#' comments and blank lines are ignored.
+func NewClient(addr, rootPEMPath, tokenPath string, opts ...ClientOption) (*Client, error) {
 	pool, err := loadRootPool(rootPEMPath)
 	if err != nil {
 		return nil, err
@@ -44,17 +63,53 @@ func NewClient(addr, rootPEMPath, tokenPath string) (*Client, error) {
 		return nil, err
 	}
 
+	c := &Client{addr: addr, token: token, bootstrap: pool}
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{
 			MinVersion: tls.VersionTLS13,
-			RootCAs:    pool,
 			ServerName: ServerName,
+			// The roots change with every answer, and a Transport's RootCAs cannot:
+			// verifyCA does the whole verification instead, against the roots of the
+			// moment. Skipping here skips nothing else.
+			InsecureSkipVerify: true,
+			VerifyConnection:   c.verifyCA,
 		},
 		Proxy:               nil, // the CA is always reached directly
 		TLSHandshakeTimeout: 10 * time.Second,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	return &Client{addr: addr, token: token, http: &http.Client{Transport: tr}}, nil
+	for _, o := range opts {
+		o(tr)
+	}
+	c.http = &http.Client{Transport: tr}
+	return c, nil
+}
+
+// verifyCA checks the CA's certificate chain as crypto/tls would with RootCAs set, for
+// ServerName, against the bootstrap roots and the latest bundle.
+func (c *Client) verifyCA(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("CA sent no certificate")
+	}
+	roots := c.bootstrap.Clone()
+	if b := c.bundle.Load(); b != nil {
+		for _, r := range *b {
+			roots.AddCert(r)
+		}
+	}
+	inter := x509.NewCertPool()
+	for _, ic := range cs.PeerCertificates[1:] {
+		inter.AddCert(ic)
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		DNSName: ServerName, Roots: roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	if err != nil {
+		return &tls.CertificateVerificationError{
+			UnverifiedCertificates: cs.PeerCertificates, Err: err}
+	}
+	return nil
 }
 
 func loadRootPool(path string) (*x509.CertPool, error) {
@@ -65,7 +120,7 @@ func loadRootPool(path string) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(data) {
 		return nil, fmt.Errorf("CA root %s holds no PEM certificate; point --ca-root at "+
-			"the CA's %s", path, RootCertFile)
+			"the CA's %s", path, BundleFile)
 	}
 	return pool, nil
 }
@@ -119,6 +174,15 @@ func (c *Client) Sign(ctx context.Context, csrDER []byte) (chain, bundle []*x509
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+c.token)
 
+	chain, bundle, err = c.do(req)
+	c.track.record(time.Now(), err)
+	if err == nil {
+		c.bundle.Store(&bundle)
+	}
+	return chain, bundle, err
+}
+
+func (c *Client) do(req *http.Request) (chain, bundle []*x509.Certificate, err error) {
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, nil, c.transportError(err)
@@ -142,8 +206,8 @@ func (c *Client) transportError(err error) error {
 		return fmt.Errorf("asking CA at %s: %w", c.addr, err)
 	case errors.As(err, &verr):
 		return fmt.Errorf("CA at %s %w: its certificate does not verify: %w; check that "+
-			"--ca-root is the %s of the CA at that address", c.addr, ErrUnreachable, err,
-			RootCertFile)
+			"--ca-root holds the %s of the CA at that address", c.addr, ErrUnreachable, err,
+			BundleFile)
 	}
 	return fmt.Errorf("CA at %s %w: %w; check --ca-addr and that veil-ca is running",
 		c.addr, ErrUnreachable, err)

@@ -1,12 +1,22 @@
 // Package ca is veil's certificate authority and the client node agents use to reach it.
 //
-// The CA keeps one self-signed root (ECDSA P-256) in a directory it creates with mode
-// 0700: root.key (0600) and root.crt. It signs certificate signing requests from node
-// agents over HTTPS (TLS 1.3) at SignPath, authenticating each agent by its node token
-// and authorizing it against the workload file: a node may obtain only the identities of
-// workloads the file places on that node. Keys are generated on the nodes and never
-// reach the CA; the CA decides everything about the certificate except the public key and
-// the SPIFFE ID, which it checks.
+// The CA signs certificate signing requests from node agents over HTTPS (TLS 1.3) at
+// SignPath, authenticating each agent by its node token and authorizing it against the
+// workload file: a node may obtain only the identities of workloads the file places on
+// that node. Keys are generated on the nodes and never reach the CA; the CA decides
+// everything about the certificate except the public key and the SPIFFE ID, which it
+// checks. Every answer carries the trust bundle.
+//
+// The CA signs with one of its own self-signed roots (ECDSA P-256), kept in a directory it
+// creates with mode 0700, keys 0600. A new directory gets root.crt and root.key; roots
+// rotate with AddRoot, ActivateRoot and RetireRoot (rotate.go), which record each root's
+// state in roots.json. In plug-in mode it signs instead with an intermediate given as
+// files (PluginFiles), whose root stays offline. Either way a running Server re-reads its
+// signing state every reload period and keeps the previous one when the new one cannot be
+// used; BundleFile always holds the roots agents are to trust.
+//
+// A Client trusts the roots it was started with and the bundle of the CA's latest answer,
+// so the CA's own certificate can move to a new root during a rotation.
 //
 // Lifetimes: a Server owns its listener once Serve is called and closes it when Serve
 // returns. A Client holds an http.Client with idle connections; call CloseIdleConnections

@@ -43,11 +43,11 @@ func newSerial() (*big.Int, error) {
 	}
 }
 
-// issueSVID signs an X509-SVID for id over pub: the SPIFFE ID as the only SAN, usable
-// for both ends of mTLS, valid from now-clockSkewAllowance to now+ttl (never past the
-// root's own expiry).
-func (r *root) issueSVID(pub crypto.PublicKey, id spiffeid.ID, now time.Time,
-	ttl time.Duration) (*x509.Certificate, error) {
+// issueSVID signs an X509-SVID for id over pub and returns it with the chain that goes
+// with it: the SPIFFE ID as the only SAN, usable for both ends of mTLS, valid from
+// now-clockSkewAllowance to now+ttl (never past the signer's own expiry).
+func (a *authority) issueSVID(pub crypto.PublicKey, id spiffeid.ID, now time.Time,
+	ttl time.Duration) ([]*x509.Certificate, error) {
 	serial, err := newSerial()
 	if err != nil {
 		return nil, err
@@ -56,7 +56,7 @@ func (r *root) issueSVID(pub crypto.PublicKey, id spiffeid.ID, now time.Time,
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		NotBefore:    now.Add(-clockSkewAllowance),
-		NotAfter:     r.clamp(now.Add(ttl)),
+		NotAfter:     a.clamp(now.Add(ttl)),
 		URIs:         []*url.URL{id.URL()},
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{
@@ -64,14 +64,11 @@ func (r *root) issueSVID(pub crypto.PublicKey, id spiffeid.ID, now time.Time,
 		},
 		BasicConstraintsValid: true,
 	}
-	return r.sign(tmpl, pub)
-}
-
-func (r *root) clamp(notAfter time.Time) time.Time {
-	if notAfter.After(r.cert.NotAfter) {
-		return r.cert.NotAfter
+	leaf, err := a.signer.sign(tmpl, pub)
+	if err != nil {
+		return nil, err
 	}
-	return notAfter
+	return append([]*x509.Certificate{leaf}, a.chain...), nil
 }
 
 func (r *root) sign(tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Certificate, error) {
@@ -87,13 +84,15 @@ func (r *root) sign(tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Certifi
 }
 
 // servingCert hands out the CA's TLS certificate for ServerName, issuing a new one from
-// the root when there is none or the current one is past half its life.
+// the current authority when there is none, the authority changed (a root was activated,
+// so agents may soon stop trusting the old one), or the current one is past half its life.
 type servingCert struct {
-	root *root
+	auth func() *authority
 	now  func() time.Time
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
+	from    *authority
 	renewAt time.Time
 }
 
@@ -101,19 +100,21 @@ func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	now := s.now()
-	if s.cert != nil && now.Before(s.renewAt) {
+	now, a := s.now(), s.auth()
+	if s.cert != nil && s.from == a && now.Before(s.renewAt) {
 		return s.cert, nil
 	}
-	cert, err := s.issue(now)
+	cert, err := issueServing(a, now)
 	if err != nil {
 		return nil, fmt.Errorf("issuing serving certificate: %w", err)
 	}
-	s.cert, s.renewAt = cert, now.Add(servingLifetime/2)
+	s.cert, s.from, s.renewAt = cert, a, now.Add(servingLifetime/2)
 	return cert, nil
 }
 
-func (s *servingCert) issue(now time.Time) (*tls.Certificate, error) {
+// issueServing makes a key and a certificate for ServerName signed by a, sent with a's
+// chain so that agents can verify it against the bundle.
+func issueServing(a *authority, now time.Time) (*tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generating key: %w", err)
@@ -123,10 +124,10 @@ func (s *servingCert) issue(now time.Time) (*tls.Certificate, error) {
 		return nil, err
 	}
 
-	leaf, err := s.root.sign(&x509.Certificate{
+	leaf, err := a.signer.sign(&x509.Certificate{
 		SerialNumber:          serial,
 		NotBefore:             now.Add(-clockSkewAllowance),
-		NotAfter:              s.root.clamp(now.Add(servingLifetime)),
+		NotAfter:              a.clamp(now.Add(servingLifetime)),
 		DNSNames:              []string{ServerName},
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
@@ -135,5 +136,9 @@ func (s *servingCert) issue(now time.Time) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}, nil
+	chain := [][]byte{leaf.Raw}
+	for _, c := range a.chain {
+		chain = append(chain, c.Raw)
+	}
+	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, nil
 }

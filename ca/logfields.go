@@ -14,4 +14,9 @@ const (
 	logPath        = "path"
 	logTrustDomain = "trustDomain"
 	logWorkloads   = "workloads"
+	logRoot        = "root"
+	logSigner      = "signer"
+	logSubject     = "subject"
+	logBundle      = "bundle"
+	logMode        = "mode"
 )

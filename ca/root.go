@@ -1,11 +1,14 @@
 package ca
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -19,19 +22,48 @@ import (
 // short-lived certificates and is replaced by rotation, not by expiry.
 const rootLifetime = 10 * 365 * 24 * time.Hour
 
-// root is the CA's signing key and self-signed certificate.
+// root is a signing key and its CA certificate: one of the CA's own self-signed roots, or
+// in plug-in mode the intermediate it was given.
 type root struct {
 	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
+	key  crypto.Signer
 }
 
-// loadOrCreateRoot loads the root from dir, or creates dir (0700) and a new root in it
-// when neither file exists. created reports which happened.
+// RootID names a root in `veil-ca root` commands, logs and `agentctl status`: the first
+// 16 hex digits of the SHA-256 of its DER, which is short enough to type and, for the
+// handful of roots a CA ever has, as unique as the whole fingerprint.
+func RootID(c *x509.Certificate) string { return fingerprint(c)[:16] }
+
+func fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// loadOrCreateRoot loads root.crt and root.key from dir, or creates dir (0700) and a new
+// root in those files when neither exists. created reports which happened. It is how a
+// CA directory starts; roots added later live in the state file (see roots.go).
 func loadOrCreateRoot(dir string, now time.Time) (r *root, created bool, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, false, fmt.Errorf("creating CA directory: %w", err)
 	}
+	r, found, err := loadFirstRoot(dir, newFileSet())
+	if err != nil || found {
+		return r, false, err
+	}
 
+	r, err = newRoot(now)
+	if err != nil {
+		return nil, false, err
+	}
+	err = r.save(filepath.Join(dir, RootCertFile), filepath.Join(dir, RootKeyFile))
+	if err != nil {
+		return nil, false, err
+	}
+	return r, true, nil
+}
+
+// loadFirstRoot loads root.crt and root.key from dir; found is false when neither exists.
+func loadFirstRoot(dir string, files *fileSet) (r *root, found bool, err error) {
 	certPath := filepath.Join(dir, RootCertFile)
 	keyPath := filepath.Join(dir, RootKeyFile)
 	certExists, err := exists(certPath)
@@ -45,22 +77,14 @@ func loadOrCreateRoot(dir string, now time.Time) (r *root, created bool, err err
 
 	switch {
 	case certExists && keyExists:
-		r, err := loadRoot(certPath, keyPath)
-		return r, false, err
+		r, err := loadRoot(files, certPath, keyPath)
+		return r, true, err
 	case certExists || keyExists:
 		return nil, false, fmt.Errorf("found only one of %s and %s in %s: restore the "+
 			"missing file, or remove both to create a new root (every agent then needs "+
 			"the new %s)", RootCertFile, RootKeyFile, dir, RootCertFile)
 	}
-
-	r, err = newRoot(now)
-	if err != nil {
-		return nil, false, err
-	}
-	if err := r.save(certPath, keyPath); err != nil {
-		return nil, false, err
-	}
-	return r, true, nil
+	return nil, false, nil
 }
 
 func exists(path string) (bool, error) {
@@ -74,6 +98,8 @@ func exists(path string) (bool, error) {
 	return true, nil
 }
 
+// newRoot makes a self-signed root. Its common name carries the creation time, so that
+// two roots trusted side by side during a rotation can be told apart by subject too.
 func newRoot(now time.Time) (*root, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -85,8 +111,9 @@ func newRoot(now time.Time) (*root, error) {
 	}
 
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{"veil"}, CommonName: "veil root CA"},
+		SerialNumber: serial,
+		Subject: pkix.Name{Organization: []string{"veil"},
+			CommonName: "veil root CA " + now.UTC().Format("2006-01-02T15:04:05Z")},
 		NotBefore:             now.Add(-clockSkewAllowance),
 		NotAfter:              now.Add(rootLifetime),
 		IsCA:                  true,
@@ -122,88 +149,25 @@ func (r *root) certPEM() []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.cert.Raw})
 }
 
-func loadRoot(certPath, keyPath string) (*root, error) {
-	info, err := os.Stat(keyPath)
-	if err != nil {
-		return nil, fmt.Errorf("checking root key: %w", err)
-	}
-	if info.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("root key %s has mode %04o and is readable by others; "+
-			"run chmod 600 %s", keyPath, info.Mode().Perm(), keyPath)
-	}
-
-	cert, err := readCert(certPath)
+// loadRoot reads a root's certificate and key and checks that they belong together.
+func loadRoot(files *fileSet, certPath, keyPath string) (*root, error) {
+	certs, err := readCerts(files, certPath, "root certificate")
 	if err != nil {
 		return nil, err
 	}
-	key, err := readKey(keyPath)
+	key, err := readKey(files, keyPath, "root key")
 	if err != nil {
 		return nil, err
 	}
-	if !cert.IsCA || !key.PublicKey.Equal(cert.PublicKey) {
+	cert := certs[0]
+	if !cert.IsCA || !samePublicKey(key, cert) {
 		return nil, fmt.Errorf("%s is not a CA certificate for the key in %s; "+
 			"restore the matching pair", certPath, keyPath)
 	}
 	return &root{cert: cert, key: key}, nil
 }
 
-func readCert(path string) (*x509.Certificate, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading root certificate: %w", err)
-	}
-	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s holds no PEM CERTIFICATE block", path)
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("parsing root certificate %s: %w", path, err)
-	}
-	return cert, nil
-}
-
-func readKey(path string) (*ecdsa.PrivateKey, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading root key: %w", err)
-	}
-	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("%s holds no PEM PRIVATE KEY block", path)
-	}
-	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("parsing root key %s: %w", path, err)
-	}
-	ec, ok := key.(*ecdsa.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("root key %s is %T; veil-ca uses ECDSA P-256 keys", path, key)
-	}
-	return ec, nil
-}
-
-// writeFileAtomic writes data to a temporary file in path's directory with mode perm and
-// renames it over path, so a reader sees the old file or the new one, never a part.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("creating %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // fails harmlessly once renamed
-
-	err = errors.Join(f.Chmod(perm), write(f, data), f.Sync(), f.Close())
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("renaming into %s: %w", path, err)
-	}
-	return nil
-}
-
-func write(f *os.File, data []byte) error {
-	_, err := f.Write(data)
-	return err
+func samePublicKey(key crypto.Signer, cert *x509.Certificate) bool {
+	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	return ok && pub.Equal(cert.PublicKey)
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,10 +43,15 @@ const (
 
 // Config is what a Server needs.
 type Config struct {
-	// Dir holds the root (RootCertFile, RootKeyFile); created on first start.
+	// Dir holds the roots (see RootCertFile and StateFile) and BundleFile; created 0700
+	// with a first root on first start. In plug-in mode it holds only BundleFile.
 	Dir string
+	// Plugin, when its CertPath is set, makes the CA sign with the intermediate it names
+	// instead of with the roots in Dir.
+	Plugin PluginFiles
 	// WorkloadsPath is the workload file that says which workload runs on which node.
-	// It is polled every ReloadPeriod (DefaultReloadPeriod when zero).
+	// It and the signing state (Dir's roots, or the Plugin files) are polled every
+	// ReloadPeriod (DefaultReloadPeriod when zero).
 	WorkloadsPath string
 	ReloadPeriod  time.Duration
 	// NodeTokensPath is the node tokens file, read once at start.
@@ -60,16 +66,18 @@ type Server struct {
 	cfg       Config
 	log       zerolog.Logger
 	refusals  zerolog.Logger // log, sampled; see refusedLogBurst
-	root      *root
+	auth      atomic.Pointer[authority]
+	reloadMu  sync.Mutex // serializes reloads, which Serve on several listeners would run
+	authErr   string     // the last reload error logged, under reloadMu
 	tokens    *nodeTokens
 	serving   *servingCert
 	workloads atomic.Pointer[workloadfile.File]
 	now       func() time.Time
 }
 
-// NewServer loads (or on first start creates) the root, the node tokens and the workload
-// file. It fails if any of them cannot be used, so a misconfigured CA stops at start
-// rather than refusing every request later.
+// NewServer loads (or on first start creates) the roots, or the plug-in files, the node
+// tokens and the workload file. It fails if any of them cannot be used, so a
+// misconfigured CA stops at start rather than refusing every request later.
 func NewServer(cfg Config) (*Server, error) {
 	if cfg.CertTTL == 0 {
 		cfg.CertTTL = DefaultCertTTL
@@ -80,21 +88,28 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.CertTTL < time.Second {
 		return nil, fmt.Errorf("certificate TTL %s is too short; use at least 1s", cfg.CertTTL)
 	}
+	if cfg.Dir == "" {
+		return nil, errors.New("no CA directory; set --dir")
+	}
+	if (cfg.Plugin.CertPath == "") != (cfg.Plugin.KeyPath == "") ||
+		(cfg.Plugin.BundlePath != "" && cfg.Plugin.CertPath == "") {
+		return nil, errors.New("plug-in mode needs both --signing-cert and --signing-key; " +
+			"--trust-bundle goes with them")
+	}
 
 	s := &Server{cfg: cfg, log: cfg.Log, now: time.Now}
 	s.refusals = cfg.Log.Sample(&zerolog.BurstSampler{
 		Burst: refusedLogBurst, Period: refusedLogPeriod})
-	r, created, err := loadOrCreateRoot(cfg.Dir, s.now())
-	if err != nil {
-		return nil, fmt.Errorf("loading root: %w", err)
-	}
-	s.root = r
-	s.serving = &servingCert{root: r, now: s.now}
-	s.logRoot(created)
-
-	if s.tokens, err = loadNodeTokens(cfg.NodeTokensPath); err != nil {
+	if err := s.openAuthority(); err != nil {
 		return nil, err
 	}
+	s.serving = &servingCert{auth: s.auth.Load, now: s.now}
+
+	tokens, err := loadNodeTokens(cfg.NodeTokensPath)
+	if err != nil {
+		return nil, err
+	}
+	s.tokens = tokens
 	f, problems, err := workloadfile.Load(cfg.WorkloadsPath)
 	if err != nil {
 		return nil, err
@@ -103,17 +118,9 @@ func NewServer(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func (s *Server) logRoot(created bool) {
-	msg := "loaded root"
-	if created {
-		msg = "created root"
-	}
-	s.log.Info().Str(logDir, s.cfg.Dir).Str(logSerial, s.root.cert.SerialNumber.Text(16)).
-		Time(logExpires, s.root.cert.NotAfter).Msg(msg)
-}
-
-// RootPEM returns the root certificate in PEM, as agents need it for --ca-root.
-func (s *Server) RootPEM() []byte { return s.root.certPEM() }
+// BundlePEM returns the roots agents are to trust, as PEM: what every answer carries as
+// its bundle, and what BundleFile in the CA's directory holds.
+func (s *Server) BundlePEM() []byte { return []byte(certsPEM(s.auth.Load().bundle)) }
 
 // TLSConfig returns the server side of the CA's TLS: 1.3 only, with a certificate for
 // ServerName issued from the root.
@@ -122,12 +129,13 @@ func (s *Server) TLSConfig() *tls.Config {
 }
 
 // Serve answers requests on ln with TLS until ctx is done, then shuts down gracefully
-// and returns nil. It also watches the workload file for as long as it runs. Serve
-// closes ln.
+// and returns nil. It also watches the workload file and the signing state for as long as
+// it runs. Serve closes ln.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go workloadfile.Watch(ctx, s.cfg.WorkloadsPath, s.cfg.ReloadPeriod, s.onWorkloadFile)
+	go s.watchAuthority(ctx)
 
 	srv := &http.Server{
 		Handler:           s.Handler(),
@@ -230,7 +238,8 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) issue(w http.ResponseWriter, r *http.Request, node string, id spiffeid.ID,
 	pub any) {
-	cert, err := s.root.issueSVID(pub, id, s.now(), s.cfg.CertTTL)
+	a := s.auth.Load()
+	chain, err := a.issueSVID(pub, id, s.now(), s.cfg.CertTTL)
 	if err != nil {
 		s.log.Error().Err(err).Str(logNode, node).Stringer(logIdentity, id).
 			Msg("issuing certificate")
@@ -239,12 +248,12 @@ func (s *Server) issue(w http.ResponseWriter, r *http.Request, node string, id s
 	}
 
 	writeJSON(w, http.StatusOK, signResponse{
-		CertChain: certsPEM([]*x509.Certificate{cert}),
-		Bundle:    certsPEM([]*x509.Certificate{s.root.cert}),
+		CertChain: certsPEM(chain),
+		Bundle:    certsPEM(a.bundle),
 	})
 	s.log.Info().Str(logNode, node).Stringer(logIdentity, id).
-		Str(logSerial, cert.SerialNumber.Text(16)).Time(logExpires, cert.NotAfter).
-		Msg("certificate issued")
+		Str(logSerial, chain[0].SerialNumber.Text(16)).Time(logExpires, chain[0].NotAfter).
+		Str(logSigner, a.signerID()).Msg("certificate issued")
 }
 
 // onNode reports whether the workload file places a workload with identity id on node.

@@ -26,6 +26,7 @@ import (
 //	reset ADDR           accept one conn, send "x", then reset it
 //	send ADDR N SEED     connect, send N bytes, half-close, print the hash sent and the
 //	                     reply (the sink's hash of what it got)
+//	sendslow ADDR N SEED SECS  send, with the N bytes spread evenly over SECS seconds
 //	recv ADDR            connect, read to EOF, print the hash of what arrived
 //	sendtext ADDR T N    connect, send text T N times, half-close, print the reply
 //	hold ADDR            connect, send "hi", print "connected", wait for stdin to close
@@ -115,6 +116,8 @@ func helper(args []string) error {
 		}
 		fmt.Printf("sent=%s reply=%s", hex.EncodeToString(h.Sum(nil)), reply)
 		return nil
+	case "sendslow":
+		return sendSlow(addr, atoi(args[2]), atoi(args[3]), atoi(args[4]))
 	case "sendtext":
 		c, err := dial(addr)
 		if err != nil {

@@ -12,6 +12,12 @@
 #   scripts/cluster.sh stop-agent <node>      stop a node's agent; its pods stay enrolled and
 #                                             fail closed until an agent serves them again
 #   scripts/cluster.sh start-agent <node>     start it again and wait until its pods are enrolled
+#   scripts/cluster.sh stop-ca                stop veil-ca; agents keep serving with the
+#                                             certificates they hold and report the outage
+#   scripts/cluster.sh start-ca               start it again, with the CERT_TTL and CA_ARGS
+#                                             of up, and wait until it serves
+#   scripts/cluster.sh ca <args>              run veil-ca <args> on the CA's directory, e.g.
+#                                             "ca root list", "ca root add" (root rotation)
 #
 # Environment:
 #   PREFIX    names every netns, cgroup and bpffs directory (default veil), so that
@@ -569,6 +575,9 @@ start_ca() {
 	step "starting veil-ca in $(netns node1) on $CA_ADDR"
 	mkdir -p "$STATE/ca"
 	chmod 0700 "$STATE/ca"
+	# start-ca restarts the CA as up started it.
+	[[ -f $STATE/ca.conf ]] ||
+		printf 'CERT_TTL=%q\nCA_ARGS=%q\n' "$CERT_TTL" "${CA_ARGS:-}" >"$STATE/ca.conf"
 	# setsid: the CA and agents outlive this script and must not get the
 	# terminal's SIGINT or SIGHUP; down stops them by their recorded pids.
 	# shellcheck disable=SC2086 # CA_ARGS is a list of extra flags
@@ -588,16 +597,18 @@ start_ca() {
 	}
 }
 
-# ca_ready is true once the root certificate exists and a TLS handshake verified
-# against it completes; any HTTP answer will do.
+# ca_ready is true once the bundle file (the roots agents trust, which veil-ca writes
+# at start) exists and a TLS handshake verified against it completes; any HTTP answer
+# will do. After a root rotation the CA's certificate chains to a root other than the
+# first one, root.crt, so the bundle is what to check against.
 ca_ready() {
 	recorded_pid "$STATE/ca.pid" >/dev/null || {
 		show_log_tail "$STATE/ca.log"
 		die "veil-ca exited during startup; log: $STATE/ca.log"
 	}
-	[[ -s $STATE/ca/root.crt ]] || return 1
+	[[ -s $STATE/ca/bundle.crt ]] || return 1
 	in_ns node1 curl -s -o /dev/null --max-time 2 \
-		--cacert "$STATE/ca/root.crt" \
+		--cacert "$STATE/ca/bundle.crt" \
 		--resolve "veil-ca.veil-system.svc:${CA_ADDR##*:}:${CA_ADDR%:*}" \
 		"https://veil-ca.veil-system.svc:${CA_ADDR##*:}/"
 }
@@ -614,7 +625,7 @@ start_agent() {
 		--bpffs "$BPFFS/$PREFIX/$node" \
 		--admin-socket "$STATE/$node/agent.sock" \
 		--ca-addr "$CA_ADDR" \
-		--ca-root "$STATE/ca/root.crt" \
+		--ca-root "$STATE/ca/bundle.crt" \
 		--node-token-file "$STATE/$node/token" \
 		--log-level "$LOG_LEVEL" \
 		${LOG_FORMAT:+--log-format "$LOG_FORMAT"} \
@@ -897,6 +908,32 @@ cmd_start_agent() {
 	wait_agent "$1"
 }
 
+cmd_stop_ca() {
+	(($# == 0)) || usage
+	[[ -e $STATE/$MARKER ]] || die "cluster '$PREFIX' is not up ($STATE)"
+	recorded_pid "$STATE/ca.pid" >/dev/null || die "veil-ca is not running"
+	stop_recorded "$STATE/ca.pid" "veil-ca"
+}
+
+cmd_start_ca() {
+	(($# == 0)) || usage
+	[[ -e $STATE/$MARKER ]] || die "cluster '$PREFIX' is not up ($STATE)"
+	! recorded_pid "$STATE/ca.pid" >/dev/null || die "veil-ca is already running"
+	# shellcheck source=/dev/null # written by start_ca
+	[[ ! -f $STATE/ca.conf ]] || source "$STATE/ca.conf"
+	start_ca
+}
+
+# cmd_ca runs veil-ca on the cluster's CA directory, with the cluster's certificate
+# lifetime, so that "ca root activate" warns about a step taken too soon.
+cmd_ca() {
+	(($# >= 1)) || usage
+	[[ -e $STATE/$MARKER ]] || die "cluster '$PREFIX' is not up ($STATE)"
+	# shellcheck source=/dev/null # written by start_ca
+	[[ ! -f $STATE/ca.conf ]] || source "$STATE/ca.conf"
+	VEIL_CA_DIR=$STATE/ca VEIL_CA_CERT_TTL=$CERT_TTL "$BIN/veil-ca" "$@" || exit
+}
+
 cmd_ip() {
 	(($# == 1)) || usage
 	load_topology
@@ -926,6 +963,9 @@ main() {
 	ip6) cmd_ip6 "$@" ;;
 	stop-agent) cmd_stop_agent "$@" ;;
 	start-agent) cmd_start_agent "$@" ;;
+	stop-ca) cmd_stop_ca "$@" ;;
+	start-ca) cmd_start_ca "$@" ;;
+	ca) cmd_ca "$@" ;;
 	-h | --help | help) usage ;;
 	*) log "unknown command '$cmd'"; usage ;;
 	esac

@@ -5,7 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -52,6 +54,7 @@ const (
 	logKeySerial   = "serial"
 	logKeyExpires  = "expires"
 	logKeyRetryIn  = "retryIn"
+	logKeyRoot     = "root"
 )
 
 // Signer has a CSR signed; *ca.Client is one. It returns the chain (leaf first) and the
@@ -69,6 +72,9 @@ type IdentityStatus struct {
 	LastRenewal time.Time `json:"lastRenewal"`
 	NextRenewal time.Time `json:"nextRenewal"`
 	LastError   string    `json:"lastError,omitempty"`
+	// Root is the ID (RootID) of the bundle root the certificate chains to, which
+	// tells during a root rotation whether it has been reissued by the new root yet.
+	Root string `json:"root,omitempty"`
 }
 
 // IdentityStore holds an X509-SVID per identity this node serves, and keeps each one
@@ -100,6 +106,7 @@ type identity struct {
 
 	mu          sync.Mutex
 	svid        *x509svid.SVID
+	root        *x509.Certificate // of the bundle, that svid chains to
 	obtained    time.Time
 	nextRenewal time.Time
 	lastErr     error
@@ -136,16 +143,16 @@ func (s *IdentityStore) Ensure(ctx context.Context, id spiffeid.ID) error {
 		return err
 	}
 
-	svid, err := s.obtain(ctx, id)
+	svid, root, err := s.obtain(ctx, id)
 	if err != nil {
 		return err
 	}
-	return s.add(id, svid)
+	return s.add(id, svid, root)
 }
 
 // add starts holding svid for id, unless a concurrent Ensure got there first, in which
 // case the certificate it obtained is kept and this one dropped.
-func (s *IdentityStore) add(id spiffeid.ID, svid *x509svid.SVID) error {
+func (s *IdentityStore) add(id spiffeid.ID, svid *x509svid.SVID, root *x509.Certificate) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -157,11 +164,11 @@ func (s *IdentityStore) add(id spiffeid.ID, svid *x509svid.SVID) error {
 
 	ctx, cancel := context.WithCancel(s.ctx)
 	e := &identity{id: id, cancel: cancel, done: make(chan struct{})}
-	e.renewed(svid, time.Now())
+	e.renewed(svid, root, time.Now())
 	s.ids[id] = e
 	go s.renewLoop(ctx, e)
 
-	s.logCert(svid, "certificate issued")
+	s.logCert(svid, root, "certificate issued")
 	return nil
 }
 
@@ -195,41 +202,46 @@ func (s *IdentityStore) Close() {
 
 // obtain makes a key, has a CSR for id signed and checks the answer: the chain must
 // verify against the bundle that came with it, for exactly id, over the key made here.
-// The bundle becomes the store's bundle only once all of that holds.
-func (s *IdentityStore) obtain(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, error) {
+// The bundle becomes the store's bundle only once all of that holds. It returns the SVID
+// and the root of the bundle its chain ends at.
+func (s *IdentityStore) obtain(ctx context.Context, id spiffeid.ID) (*x509svid.SVID,
+	*x509.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("generating key for %s: %w", id, err)
+		return nil, nil, fmt.Errorf("generating key for %s: %w", id, err)
 	}
 	// Only the URI SAN: the CA sets everything else, and a subject or other SAN would
 	// be something a peer might wrongly trust.
 	csr, err := x509.CreateCertificateRequest(rand.Reader,
 		&x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
 	if err != nil {
-		return nil, fmt.Errorf("creating CSR for %s: %w", id, err)
+		return nil, nil, fmt.Errorf("creating CSR for %s: %w", id, err)
 	}
 
 	chain, roots, err := s.signer.Sign(ctx, csr)
 	if err != nil {
-		return nil, fmt.Errorf("signing CSR for %s: %w", id, err)
+		return nil, nil, fmt.Errorf("signing CSR for %s: %w", id, err)
 	}
 	if len(chain) == 0 || len(roots) == 0 {
-		return nil, fmt.Errorf("CA answer for %s has %d certificates and %d roots; "+
+		return nil, nil, fmt.Errorf("CA answer for %s has %d certificates and %d roots; "+
 			"want at least one of each", id, len(chain), len(roots))
 	}
 
+	// The chain may run through intermediates (a CA signing with an intermediate of an
+	// offline root): Verify takes chain[1:] as intermediates, and handshakes send it all.
 	bundle := x509bundle.FromX509Authorities(s.td, roots)
-	got, _, err := x509svid.Verify(chain, bundle)
+	got, verified, err := x509svid.Verify(chain, bundle)
 	if err != nil {
-		return nil, fmt.Errorf("verifying certificate for %s from the CA: %w", id, err)
+		return nil, nil, fmt.Errorf("verifying certificate for %s from the CA: %w", id, err)
 	}
 	if got != id || !key.PublicKey.Equal(chain[0].PublicKey) {
-		return nil, fmt.Errorf("CA answered the CSR for %s with a certificate for %s "+
+		return nil, nil, fmt.Errorf("CA answered the CSR for %s with a certificate for %s "+
 			"or for another key", id, got)
 	}
 
 	s.bundle.Store(bundle)
-	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, nil
+	root := verified[0][len(verified[0])-1]
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, root, nil
 }
 
 // renewLoop renews e's certificate when it comes due, and after a failure retries with
@@ -247,7 +259,7 @@ func (s *IdentityStore) renewLoop(ctx context.Context, e *identity) {
 		}
 
 		sctx, cancel := context.WithTimeout(ctx, signTimeout)
-		svid, err := s.obtain(sctx, e.id)
+		svid, root, err := s.obtain(sctx, e.id)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -262,18 +274,26 @@ func (s *IdentityStore) renewLoop(ctx context.Context, e *identity) {
 		}
 
 		retry = 0
-		e.renewed(svid, time.Now())
-		s.logCert(svid, "certificate renewed")
+		e.renewed(svid, root, time.Now())
+		s.logCert(svid, root, "certificate renewed")
 	}
 }
 
-func (s *IdentityStore) logCert(svid *x509svid.SVID, msg string) {
+func (s *IdentityStore) logCert(svid *x509svid.SVID, root *x509.Certificate, msg string) {
 	leaf := svid.Certificates[0]
 	s.log.Info().Stringer(logKeyIdentity, svid.ID).Str(logKeySerial, serial(leaf)).
-		Time(logKeyExpires, leaf.NotAfter).Msg(msg)
+		Time(logKeyExpires, leaf.NotAfter).Str(logKeyRoot, RootID(root)).Msg(msg)
 }
 
 func serial(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
+
+// RootID names a root the way veil-ca does (ca.RootID, which `veil-ca root list` shows):
+// the first 16 hex digits of the SHA-256 of its DER. It is repeated here rather than
+// imported so that the TLS engine does not depend on the CA's package.
+func RootID(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:8])
+}
 
 // renewDelay is how long after obtaining it a certificate valid until notAfter is
 // renewed: half the life left at that moment, moved by r (uniform in [0, 1)) within
@@ -293,10 +313,10 @@ func nextRetry(prev time.Duration) time.Duration {
 	return min(2*prev, retryMax)
 }
 
-func (e *identity) renewed(svid *x509svid.SVID, now time.Time) {
+func (e *identity) renewed(svid *x509svid.SVID, root *x509.Certificate, now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.svid, e.obtained, e.lastErr = svid, now, nil
+	e.svid, e.root, e.obtained, e.lastErr = svid, root, now, nil
 	e.nextRenewal = now.Add(renewDelay(now, svid.Certificates[0].NotAfter, mrand.Float64()))
 }
 
@@ -342,6 +362,7 @@ func (e *identity) status() IdentityStatus {
 	st := IdentityStatus{
 		ID: e.id.String(), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
 		Serial: serial(leaf), LastRenewal: e.obtained, NextRenewal: e.nextRenewal,
+		Root: RootID(e.root),
 	}
 	if e.lastErr != nil {
 		st.LastError = e.lastErr.Error()
@@ -389,6 +410,15 @@ func (src svidSource) GetX509SVID() (*x509svid.SVID, error) {
 func (s *IdentityStore) Bundle() x509bundle.Source { return bundleSource{s} }
 
 type bundleSource struct{ s *IdentityStore }
+
+// TrustedRoots returns the roots of the store's bundle, nil before the CA first answered.
+func (s *IdentityStore) TrustedRoots() []*x509.Certificate {
+	b := s.bundle.Load()
+	if b == nil {
+		return nil
+	}
+	return b.X509Authorities()
+}
 
 func (b bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle,
 	error) {

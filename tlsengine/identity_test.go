@@ -167,15 +167,20 @@ func TestIdentityStoreIssues(t *testing.T) {
 		t.Fatalf("bundle does not hold the CA root: %v", err)
 	}
 
+	if roots := s.TrustedRoots(); len(roots) != 1 || !roots[0].Equal(ca.root) {
+		t.Fatalf("TrustedRoots = %v, want the CA root", roots)
+	}
+
 	st := s.Status()
 	leaf := svid.Certificates[0]
 	if len(st) != 1 || st[0].ID != testID.String() || st[0].Serial != serial(leaf) ||
-		!st[0].NotAfter.Equal(leaf.NotAfter) || st[0].LastError != "" {
+		!st[0].NotAfter.Equal(leaf.NotAfter) || st[0].LastError != "" ||
+		st[0].Root != RootID(ca.root) {
 		t.Fatalf("Status = %+v", st)
 	}
 	want := fmt.Sprintf(`{"level":"info","identity":"%s","serial":"%s","expires":"%s",`+
-		`"message":"certificate issued"}`, testID, serial(leaf),
-		leaf.NotAfter.Format(time.RFC3339))
+		`"root":"%s","message":"certificate issued"}`, testID, serial(leaf),
+		leaf.NotAfter.Format(time.RFC3339), RootID(ca.root))
 	if got := strings.TrimSpace(logs.String()); got != want {
 		t.Fatalf("log:\n got %s\nwant %s", got, want)
 	}

@@ -27,6 +27,11 @@ func baseTLS() *tls.Config {
 // clientTLS returns the config to reach a peer that must prove exactly the identity
 // peer. The workload's certificate and the bundle are read at each handshake, so the
 // config never needs rebuilding when either rotates.
+//
+// Both sides send the whole chain of their SVID (go-spiffe puts every certificate of the
+// SVID in the handshake) and verify the peer's through the intermediates it sent, so
+// SVIDs that an intermediate signed (veil-ca in plug-in mode) need only the root in the
+// bundle.
 func (e *Engine) clientTLS(w *Workload, peer spiffeid.ID) *tls.Config {
 	c := baseTLS()
 	tlsconfig.HookMTLSClientConfig(c, w.SVID, e.cfg.Bundle, tlsconfig.AuthorizeID(peer))

@@ -27,13 +27,13 @@ func newCertsCmd(o *options) *cobra.Command {
 
 func printCerts(out io.Writer, cs []agent.CertStatus) error {
 	w := newTable(out)
-	fmt.Fprintln(w, "IDENTITY\tSERIAL\tNOT BEFORE\tNOT AFTER\tSTATE\tNEXT RENEWAL")
+	fmt.Fprintln(w, "IDENTITY\tSERIAL\tROOT\tNOT BEFORE\tNOT AFTER\tSTATE\tNEXT RENEWAL")
 	for _, c := range cs {
 		state := c.State
 		if c.LastError != "" {
 			state += ": " + c.LastError
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Identity, c.Serial,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Identity, c.Serial, c.Root,
 			c.NotBefore.Format(time.RFC3339), c.NotAfter.Format(time.RFC3339), state,
 			c.NextRenewal.Format(time.RFC3339))
 	}

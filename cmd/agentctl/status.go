@@ -60,11 +60,8 @@ func printSummary(out io.Writer, s agent.Status) {
 	fmt.Fprintf(w, "Ready:\t%s\n", ready)
 	fmt.Fprintf(w, "Log level:\t%s\n", s.LogLevel)
 	fmt.Fprintf(w, "Trust domain:\t%s\n", s.TrustDomain)
-	ca := "reachable"
-	if !s.CA.Reachable {
-		ca = "UNREACHABLE: " + s.CA.LastError
-	}
-	fmt.Fprintf(w, "CA:\t%s (%s)\n", s.CA.Addr, ca)
+	fmt.Fprintf(w, "CA:\t%s (%s)\n", s.CA.Addr, caState(s.CA))
+	fmt.Fprintf(w, "Trust bundle:\t%s\n", trustBundle(s.TrustBundle))
 	if s.SoonestExpiry != nil {
 		fmt.Fprintf(w, "Soonest cert expiry:\t%s (in %s)\n",
 			s.SoonestExpiry.Format(time.RFC3339),
@@ -81,6 +78,36 @@ func printSummary(out io.Writer, s agent.Status) {
 	fmt.Fprintf(w, "Egress guard:\tdropped %d, accepted %d, reader errors %d\n",
 		g.Dropped, g.Accepted, g.Errors)
 	w.Flush()
+}
+
+// caState says whether the CA answers: since when it has not, and why, or what it
+// refused last time if it answered with a refusal.
+func caState(ca agent.CAStatus) string {
+	switch {
+	case ca.Reachable && ca.LastError != "":
+		return "reachable; last request failed: " + ca.LastError
+	case ca.Reachable:
+		return "reachable"
+	case ca.UnreachableSince != nil:
+		return fmt.Sprintf("UNREACHABLE since %s (for %s): %s",
+			ca.UnreachableSince.Format(time.RFC3339),
+			time.Since(*ca.UnreachableSince).Round(time.Second), ca.LastError)
+	case ca.LastError != "":
+		return "UNREACHABLE: " + ca.LastError
+	}
+	return "not asked yet"
+}
+
+// trustBundle lists the IDs of the roots this node trusts.
+func trustBundle(roots []agent.TrustedRoot) string {
+	if len(roots) == 0 {
+		return "none yet (the CA has not answered)"
+	}
+	ids := make([]string, len(roots))
+	for i, r := range roots {
+		ids[i] = r.ID
+	}
+	return fmt.Sprintf("%d root(s): %s", len(roots), strings.Join(ids, ", "))
 }
 
 // features says whether every kernel feature the agent probes for is present, and

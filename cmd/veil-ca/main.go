@@ -1,5 +1,6 @@
 // Command veil-ca is veil's certificate authority: it signs the X509-SVIDs node agents ask
-// for, for the workloads the workload file places on their node.
+// for, for the workloads the workload file places on their node (veil-ca serve), and
+// rotates the roots it signs with (veil-ca root).
 package main
 
 import (
@@ -23,6 +24,6 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCommand())
+	root.AddCommand(newServeCommand(), newCARootCommand())
 	return root
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/veil-mesh/veil/ca"
 )
@@ -25,6 +24,7 @@ const (
 
 type serveFlags struct {
 	dir, listen, workloads, nodeTokens string
+	plugin                             ca.PluginFiles
 	certTTL, reload                    time.Duration
 	logLevel, logFormat                string
 }
@@ -38,7 +38,13 @@ func newServeCommand() *cobra.Command {
 		Use:   "serve",
 		Short: "Serve the signing API over TLS 1.3",
 		Long: "Serve the signing API over TLS 1.3. On first start a root is created in --dir " +
-			"and kept there; agents need its " + ca.RootCertFile + " as --ca-root.",
+			"and kept there; agents need --dir's " + ca.BundleFile + " (the roots to trust) " +
+			"as --ca-root. `veil-ca root` rotates the roots while this runs.\n\n" +
+			"With --signing-cert and --signing-key the CA signs with that intermediate " +
+			"instead, and its root stays offline: issued certificates carry the chain, and " +
+			"agents trust --trust-bundle, or the self-signed root at the end of " +
+			"--signing-cert. Every file is re-read each --reload-interval; a change that " +
+			"cannot be used is logged and the previous state kept.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if envErr != nil {
@@ -50,7 +56,15 @@ func newServeCommand() *cobra.Command {
 
 	fs := cmd.Flags()
 	stringFlag(fs, &f.dir, "dir", "VEIL_CA_DIR", "/var/lib/veil-ca",
-		"directory for the root certificate and key (created 0700)")
+		"directory for the roots and "+ca.BundleFile+" (created 0700)")
+	stringFlag(fs, &f.plugin.CertPath, "signing-cert", "VEIL_CA_SIGNING_CERT", "",
+		"plug-in mode: PEM chain, the intermediate to sign with first, then any "+
+			"intermediates above it, optionally its root last")
+	stringFlag(fs, &f.plugin.KeyPath, "signing-key", "VEIL_CA_SIGNING_KEY", "",
+		"plug-in mode: the intermediate's private key (PEM, mode 0600)")
+	stringFlag(fs, &f.plugin.BundlePath, "trust-bundle", "VEIL_CA_TRUST_BUNDLE", "",
+		"plug-in mode: PEM root(s) agents trust (default: the self-signed root at the "+
+			"end of --signing-cert)")
 	stringFlag(fs, &f.listen, "listen", "VEIL_CA_LISTEN", ":15012", "address to serve on")
 	stringFlag(fs, &f.workloads, "workloads", "VEIL_WORKLOADS", "/etc/veil/workloads.yaml",
 		"workload file saying which workloads run on which node")
@@ -60,7 +74,8 @@ func newServeCommand() *cobra.Command {
 		durationFlag(fs, &f.certTTL, "cert-ttl", "VEIL_CA_CERT_TTL", ca.DefaultCertTTL,
 			"lifetime of issued certificates (at least 1s; short values are for tests)"),
 		durationFlag(fs, &f.reload, "reload-interval", "VEIL_CA_RELOAD_INTERVAL",
-			ca.DefaultReloadPeriod, "how often the workload file is checked for changes"))
+			ca.DefaultReloadPeriod, "how often the workload file and the roots (or "+
+				"signing files) are checked for changes"))
 	stringFlag(fs, &f.logLevel, "log-level", "VEIL_LOG_LEVEL", "info",
 		"debug, info, warn or error")
 	stringFlag(fs, &f.logFormat, "log-format", "VEIL_LOG_FORMAT", "json", "json or console")
@@ -76,7 +91,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	defer stop()
 
 	srv, err := ca.NewServer(ca.Config{
-		Dir: f.dir, WorkloadsPath: f.workloads, ReloadPeriod: f.reload,
+		Dir: f.dir, Plugin: f.plugin, WorkloadsPath: f.workloads, ReloadPeriod: f.reload,
 		NodeTokensPath: f.nodeTokens, CertTTL: f.certTTL, Log: log,
 	})
 	if err != nil {
@@ -105,28 +120,4 @@ func newLogger(level, format string) (zerolog.Logger, error) {
 		return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 	}
 	return zerolog.Logger{}, fmt.Errorf("--log-format %q: use json or console", format)
-}
-
-// stringFlag defines a flag whose default comes from env when that is set; the help text
-// names the variable.
-func stringFlag(fs *pflag.FlagSet, p *string, name, env, def, usage string) {
-	if v, ok := os.LookupEnv(env); ok {
-		def = v
-	}
-	fs.StringVar(p, name, def, usage+" (env "+env+")")
-}
-
-// durationFlag is stringFlag for durations. A malformed environment value is returned
-// so that the command fails with it instead of silently using the default.
-func durationFlag(fs *pflag.FlagSet, p *time.Duration, name, env string, def time.Duration,
-	usage string) error {
-	if v, ok := os.LookupEnv(env); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return fmt.Errorf("%s=%q: %w; use a duration such as 24h or 30s", env, v, err)
-		}
-		def = d
-	}
-	fs.DurationVar(p, name, def, usage+" (env "+env+")")
-	return nil
 }
