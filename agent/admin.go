@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -35,9 +36,9 @@ type LogLevel struct {
 
 // serveAdmin listens on the admin socket. The socket is root's only (0600 in a 0700
 // directory): it tells which identities run on the node and what they connect to.
-func (a *Agent) serveAdmin(ctx context.Context) (*http.Server, error) {
+func (a *Agent) serveAdmin(ctx context.Context) (stop func(), err error) {
 	path := a.cfg.AdminSocket
-	ln, err := listenAdmin(path)
+	ln, err := listenPrivate(path, "unix")
 	if err != nil {
 		return nil, err
 	}
@@ -72,16 +73,18 @@ func (a *Agent) serveAdmin(ctx context.Context) (*http.Server, error) {
 				Msg("admin API stopped")
 		}
 	}()
-	context.AfterFunc(ctx, func() { srv.Close(); os.Remove(path) })
+	stop = sync.OnceFunc(func() { srv.Close(); os.Remove(path) })
+	context.AfterFunc(ctx, stop)
 	a.log.Info().Str(fieldSocket, path).Msg("admin API listening")
-	return srv, nil
+	return stop, nil
 }
 
-// listenAdmin listens on a Unix socket at path, reachable by root only. The socket is
+// listenPrivate listens on a Unix socket (network unix or unixpacket) at path, reachable
+// by root only. The socket is
 // created with the mode its umask gives and only then chmod'ed, so its directory is made
 // 0700 first, whether it is created here or was already there: no other user can reach
 // the socket in between.
-func listenAdmin(path string) (net.Listener, error) {
+func listenPrivate(path, network string) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating admin socket directory: %w", err)
@@ -89,7 +92,7 @@ func listenAdmin(path string) (net.Listener, error) {
 
 	// A socket file left by an agent that died is in the way; remove it, but never a
 	// socket that another agent is still answering on.
-	if c, err := net.Dial("unix", path); err == nil {
+	if c, err := net.Dial(network, path); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("another agent is serving on %s; "+
 			"stop it or pick another --admin-socket", path)
@@ -104,7 +107,7 @@ func listenAdmin(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("creating a private directory for the admin socket: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	ln, err := net.Listen("unix", filepath.Join(tmp, "sock"))
+	ln, err := net.Listen(network, filepath.Join(tmp, "sock"))
 	if err != nil {
 		return nil, fmt.Errorf("listening on admin socket %s: %w", path, err)
 	}

@@ -16,7 +16,7 @@ func TestListenAdminRestrictsTheSocketOnly(t *testing.T) {
 	}
 	path := filepath.Join(dir, "agent.sock")
 
-	ln, err := listenAdmin(path)
+	ln, err := listenPrivate(path, "unix")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,13 @@ type Agent struct {
 	problems  []error
 	// loggedProblems are the problems of the last reading, logged already.
 	loggedProblems map[string]bool
+
+	// adopted are the listeners a predecessor handed over, until workloads take them.
+	adopted adopted
+	// handoffs brings a successor's connection to the loop; stopServing closes what a
+	// successor needs to own: the admin, metrics and handoff sockets.
+	handoffs    chan handoffReq
+	stopServing []func()
 }
 
 // Run starts the agent and serves until ctx ends. It returns an error only for what stops
@@ -67,6 +74,16 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	a := newAgent(cfg, log)
+	// A running agent gives its listeners up before anything of this one binds what it
+	// holds: the metrics port, the admin socket.
+	ad, err := takeOver(cfg.AdminSocket)
+	if err != nil {
+		return err
+	}
+	if ad != nil {
+		a.adopted = ad
+		a.log.Info().Int(fieldWorkloads, len(ad)).Msg("took over the running agent's listeners")
+	}
 	if n, err := raiseFileLimit(); err != nil {
 		a.log.Warn().Err(err).Msg("raising the open-file limit")
 	} else {
@@ -104,18 +121,27 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	a.signer = &trackedSigner{c: client}
 
-	admin, err := a.serveAdmin(ctx)
+	stopAdmin, err := a.serveAdmin(ctx)
 	if err != nil {
 		return err
 	}
-	defer admin.Close()
+	defer stopAdmin()
+	stopHandoff, err := a.serveHandoff()
+	if err != nil {
+		return err
+	}
+	defer stopHandoff()
+	a.stopServing = append(a.stopServing, stopAdmin, stopHandoff)
 
 	readings := make(chan fileReading)
 	policies := make(chan policyReading)
 	var watches sync.WaitGroup
+	// The watches end with the loop, which also ends when the agent hands over.
+	watchCtx, stopWatches := context.WithCancel(ctx)
+	defer stopWatches()
 	var file *workloadfile.File
 	if cfg.Kubernetes {
-		file, err = a.startKube(ctx, &watches, readings, policies)
+		file, err = a.startKube(watchCtx, &watches, readings, policies)
 	} else {
 		file, err = a.firstFiles(ctx)
 	}
@@ -133,18 +159,43 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	a.td, a.ids, a.engine = file.TrustDomain, ids, engine
 	a.mu.Unlock()
 	a.apply(ctx, file, nil)
+	a.adopted.closeRest()
 	a.pruneStale()
 
 	// File changes and retries are handled on this goroutine alone, so an enrollment
 	// never races another of the same pod; Watch is waited for before the workloads are
 	// let go, so none is enrolled after.
 	if !cfg.Kubernetes {
-		a.watchFiles(ctx, &watches, readings, policies)
+		a.watchFiles(watchCtx, &watches, readings, policies)
 	}
-	a.loop(ctx, readings, policies)
+	handedOff := a.loop(ctx, readings, policies)
+	stopWatches()
 	watches.Wait()
+	if handedOff {
+		a.drain()
+	}
 	a.detachAll()
 	return nil
+}
+
+// drain waits for this agent's open connections to end, once a successor serves the new
+// ones, and resets those still open at DrainTimeout. A stop signal does not cut it
+// short: the successor took over, so finishing the connections is all that is left.
+func (a *Agent) drain() {
+	e := a.dataPath()
+	deadline := time.Now().Add(a.cfg.DrainTimeout)
+	a.log.Info().Int(fieldOpen, e.Open()).Stringer(fieldDeadline, a.cfg.DrainTimeout).
+		Msg("handed over to a new agent; draining")
+	// Polled, not signalled: the engine has no event for its last connection, and a
+	// tenth of a second is nothing next to a drain.
+	for e.Open() > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := e.ResetAll(); n > 0 {
+		a.log.Warn().Int(fieldOpen, n).Msg("drain deadline passed; resetting open connections")
+		return
+	}
+	a.log.Info().Msg("drained")
 }
 
 // firstFiles waits until the workload and policy files are usable.
@@ -189,9 +240,9 @@ type fileReading struct {
 }
 
 // loop applies workload and policy file changes and retries failed enrollments until ctx
-// ends.
+// ends, or until it has handed the workloads over to a successor, which it reports.
 func (a *Agent) loop(ctx context.Context, readings <-chan fileReading,
-	policies <-chan policyReading) {
+	policies <-chan policyReading) (handedOff bool) {
 	t := time.NewTicker(retryEvery)
 	defer t.Stop()
 	// Watch's first reading is the file just applied, unless it changed in between;
@@ -200,7 +251,15 @@ func (a *Agent) loop(ctx context.Context, readings <-chan fileReading,
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return false
+		case req := <-a.handoffs:
+			err := a.handOver(req.c)
+			req.c.Close()
+			close(req.done)
+			if err == nil {
+				return true
+			}
+			a.errorEvent(err, "handoff failed").Msg("handoff to a new agent failed; still serving")
 		case r := <-readings:
 			if first && r.err == nil && r.f.TrustDomain == a.td {
 				a.apply(ctx, r.f, r.problems)
@@ -222,7 +281,8 @@ func newAgent(cfg Config, log zerolog.Logger) *Agent {
 	log = level.wrap(log)
 	a := &Agent{
 		cfg: cfg, log: log, level: level, errs: newErrorRing(20), started: time.Now(),
-		metrics: newMetrics(cfg.Version), peers: newPeerTable(), workloads: map[string]*workload{},
+		handoffs: make(chan handoffReq),
+		metrics:  newMetrics(cfg.Version), peers: newPeerTable(), workloads: map[string]*workload{},
 	}
 	a.policyLog = a.log.Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Second})
 	if cfg.AccessLog {

@@ -55,6 +55,9 @@ type Config struct {
 	// GuardQueue is the NFQUEUE number of the egress guard in each pod's netns.
 	GuardQueue uint16
 
+	// DrainTimeout bounds how long an agent that handed over to a successor waits for
+	// its open connections to end before it resets them.
+	DrainTimeout time.Duration
 	// ReloadEvery is how often the workload file is checked for changes.
 	ReloadEvery time.Duration
 	Version     string
@@ -64,6 +67,10 @@ type Config struct {
 	// AccessLog writes one info line per closed connection.
 	AccessLog bool
 }
+
+// DefaultDrainTimeout is Kubernetes' default termination grace period: an old agent pod
+// that drains for this long is not cut short by the kubelet with default settings.
+const DefaultDrainTimeout = 30 * time.Second
 
 // DefaultMetricsAddr serves metrics and health on every address of the node at Istio's
 // port for merged metrics, where scrape configs for Istio already look.
@@ -93,6 +100,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.GuardQueue == 0 {
 		c.GuardQueue = DefaultGuardQueue
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.ReloadEvery == 0 {
 		c.ReloadEvery = 2 * time.Second

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -107,7 +108,9 @@ func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
 			a.errorEvent(err, "metrics server stopped").Str(fieldAddr, addr).Msg("metrics server stopped")
 		}
 	}()
-	context.AfterFunc(ctx, func() { srv.Close() })
+	stop := sync.OnceFunc(func() { srv.Close() })
+	context.AfterFunc(ctx, stop)
+	a.stopServing = append(a.stopServing, stop)
 	a.log.Info().Str(fieldAddr, ln.Addr().String()).Msg("metrics and health listening")
 	return nil
 }

@@ -20,6 +20,8 @@ const (
 	fieldCgroup    = "cgroup"
 	fieldClosed    = "closed"
 	fieldWorkloads = "workloads"
+	fieldOpen      = "open"
+	fieldDeadline  = "deadline"
 
 	fieldPeerAuthentications   = "peerAuthentications"
 	fieldAuthorizationPolicies = "authorizationPolicies"

@@ -163,9 +163,13 @@ func second(lns []*net.TCPListener) syscall.Conn {
 func (a *Agent) listen(w *workload, ns *redirect.Netns) (podListeners, error) {
 	var ls podListeners
 	open := func(list *[]*net.TCPListener, ip netip.Addr, port uint16) error {
-		ln, err := ns.Listen(netip.AddrPortFrom(ip, port))
-		if err != nil {
-			return err
+		addr := netip.AddrPortFrom(ip, port)
+		ln := a.adoptedListener(w, ns, addr)
+		if ln == nil {
+			var err error
+			if ln, err = ns.Listen(addr); err != nil {
+				return err
+			}
 		}
 		w.listeners = append(w.listeners, ln)
 		*list = append(*list, ln)
@@ -322,4 +326,18 @@ func (w *workload) release(log zerolog.Logger, unenroll bool) {
 		w.ns.Close()
 		w.ns = nil
 	}
+}
+
+// adoptedListener returns the listener at addr that a predecessor handed over for w, if
+// it is in w's namespace: a pod recreated under the same name has a new one.
+func (a *Agent) adoptedListener(w *workload, ns *redirect.Netns, addr netip.AddrPort) *net.TCPListener {
+	ln := a.adopted.take(key(w.spec), addr)
+	if ln == nil {
+		return nil
+	}
+	if cookie, err := redirect.NetnsCookieOf(ln); err != nil || cookie != ns.Cookie() {
+		ln.Close()
+		return nil
+	}
+	return ln
 }

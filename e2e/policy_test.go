@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -166,29 +165,14 @@ authorizationPolicies:
 	}
 
 	// An open connection, then a policy that no longer admits it.
-	held := c.helperCmd(t, "client", "wait-close", sink)
-	stdout, err := held.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	held.Stderr = os.Stderr
-	if err := held.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { held.Process.Kill(); held.Wait() })
-	lines := bufio.NewScanner(stdout)
-	if !lines.Scan() || lines.Text() != "connected" {
-		t.Fatalf("wait-close: %q", lines.Text())
+	lines := startLines(t, c.helperCmd(t, "client", "wait-close", sink))
+	if got := <-lines; got != "connected" {
+		t.Fatalf("wait-close: %q", got)
 	}
 	c.setPolicy(t, allow("client2"))
 
-	closed := make(chan string, 1)
-	go func() {
-		lines.Scan()
-		closed <- lines.Text()
-	}()
 	select {
-	case got := <-closed:
+	case got := <-lines:
 		if got != "closed: reset" {
 			t.Errorf("the connection the new policy denies ended with %q, want a reset", got)
 		}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -256,4 +257,23 @@ func localAddr(fd int) (netip.AddrPort, error) {
 		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port)), nil
 	}
 	return netip.AddrPort{}, fmt.Errorf("unexpected local address %T", sa)
+}
+
+// NetnsCookieOf returns the cookie of the network namespace a socket was made in.
+func NetnsCookieOf(c syscall.Conn) (uint64, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cookie uint64
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		cookie, serr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	}); err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, fmt.Errorf("reading the netns cookie of a socket: %w", serr)
+	}
+	return cookie, nil
 }

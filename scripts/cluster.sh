@@ -12,6 +12,8 @@
 #   scripts/cluster.sh stop-agent <node>      stop a node's agent; its pods stay enrolled and
 #                                             fail closed until an agent serves them again
 #   scripts/cluster.sh start-agent <node>     start it again and wait until its pods are enrolled
+#   scripts/cluster.sh upgrade-agent <node>   start a second agent on a running node's; it takes
+#                                             the listeners over, and the old one drains and exits
 #   scripts/cluster.sh stop-ca                stop veil-ca; agents keep serving with the
 #                                             certificates they hold and report the outage
 #   scripts/cluster.sh start-ca               start it again, with the CERT_TTL and CA_ARGS
@@ -705,6 +707,7 @@ cmd_down() {
 
 	for node in "${NODES[@]}"; do
 		stop_recorded "$STATE/$node/agent.pid" "veil-agent on $node"
+		stop_recorded "$STATE/$node/agent.old.pid" "draining veil-agent on $node"
 	done
 	stop_recorded "$STATE/ca.pid" "veil-ca"
 
@@ -908,6 +911,19 @@ cmd_start_agent() {
 	wait_agent "$1"
 }
 
+# cmd_upgrade_agent starts a new agent beside the running one, as a DaemonSet rollout
+# with maxSurge does. The new one asks the old one for its listeners; the old one drains
+# its open connections and exits by itself (see --drain-timeout).
+cmd_upgrade_agent() {
+	(($# == 1)) || usage
+	node_arg "$1"
+	load_topology
+	recorded_pid "$STATE/$1/agent.pid" >/dev/null || die "$1's agent is not running; use start-agent"
+	mv "$STATE/$1/agent.pid" "$STATE/$1/agent.old.pid"
+	start_agent "$1" "$(cgroup_root)"
+	wait_agent "$1"
+}
+
 cmd_stop_ca() {
 	(($# == 0)) || usage
 	[[ -e $STATE/$MARKER ]] || die "cluster '$PREFIX' is not up ($STATE)"
@@ -963,6 +979,7 @@ main() {
 	ip6) cmd_ip6 "$@" ;;
 	stop-agent) cmd_stop_agent "$@" ;;
 	start-agent) cmd_start_agent "$@" ;;
+	upgrade-agent) cmd_upgrade_agent "$@" ;;
 	stop-ca) cmd_stop_ca "$@" ;;
 	start-ca) cmd_start_ca "$@" ;;
 	ca) cmd_ca "$@" ;;

@@ -58,7 +58,7 @@ func (e *Engine) passthrough(app net.Conn, w *Workload, src, dst netip.AddrPort)
 
 	t := e.track(ConnInfo{
 		Workload: w.ID, Direction: Passthrough, Local: w.appAddr(src, dst.Addr()), Remote: dst,
-	}, log, nil, nil)
+	}, log, nil, app)
 	t.done(relayConns(app, remote, t))
 }
 
@@ -79,6 +79,6 @@ func (e *Engine) outboundHBONE(app net.Conn, w *Workload, src, dst netip.AddrPor
 	t := e.track(ConnInfo{
 		Workload: w.ID, Direction: Outbound, Local: w.appAddr(src, dst.Addr()), Remote: dst,
 		Peer: peer,
-	}, log, nil, nil)
+	}, log, nil, app)
 	t.done(tun.relay(app, t))
 }

@@ -167,14 +167,14 @@ type tracked struct {
 	obs            ConnObserver
 	log            zerolog.Logger
 
-	// w and app, for an inbound connection, are what Recheck needs: the workload to ask
-	// again, and the application side to reset if the answer is now no.
+	// app is the application's side of the connection, which ResetAll and Recheck
+	// reset; w, for an inbound connection, is the workload Recheck asks again.
 	w   *Workload
 	app net.Conn
 }
 
-// track registers a connection that is about to start relaying. w and app are given for
-// inbound connections, nil for others.
+// track registers a connection that is about to start relaying. app is its
+// application side; w is given for inbound connections only.
 func (e *Engine) track(info ConnInfo, log zerolog.Logger, w *Workload, app net.Conn) *tracked {
 	info.Start = time.Now()
 	t := &tracked{e: e, info: info, dir: &e.stats[info.Direction], log: log, w: w, app: app}

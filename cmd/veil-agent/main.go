@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -36,6 +37,8 @@ func newRootCmd() *cobra.Command {
 		logFormat string
 	)
 	reloadEvery, envErr := envDuration("VEIL_RELOAD_EVERY", 2*time.Second)
+	drainTimeout, drainErr := envDuration("VEIL_DRAIN_TIMEOUT", agent.DefaultDrainTimeout)
+	envErr = errors.Join(envErr, drainErr)
 	cmd := &cobra.Command{
 		Use:           "veil-agent",
 		Short:         "Intercept enrolled pods' TCP with eBPF and carry it over mTLS",
@@ -101,6 +104,9 @@ func newRootCmd() *cobra.Command {
 		"file holding this node's token for the CA (env VEIL_NODE_TOKEN_FILE)")
 	f.StringSliceVar(&exclude, "exclude", envList("VEIL_EXCLUDE"),
 		"destination CIDRs never intercepted (repeatable; env VEIL_EXCLUDE, comma-separated)")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", drainTimeout,
+		"after handing over to a newer agent, how long open connections may run before "+
+			"they are reset (env VEIL_DRAIN_TIMEOUT)")
 	f.DurationVar(&cfg.ReloadEvery, "reload-every", reloadEvery,
 		"how often the workload file is checked for changes (env VEIL_RELOAD_EVERY)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr",
