@@ -19,7 +19,7 @@ LDFLAGS := -X main.version=$(VERSION)
 export VEIL_BIN     := $(BIN)
 export VEIL_SCRIPTS := $(CURDIR)/scripts
 
-.PHONY: help build generate demo bench test fuzz vet lint deps clean cluster-up cluster-down
+.PHONY: help build generate demo bench test fuzz vet lint deps kube-bins clean cluster-up cluster-down
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-13s %s\n", $$1, $$2 }'
@@ -33,6 +33,9 @@ generate: ## regenerate bpf2go output from bpf/*.c (needs clang)
 
 deps: ## install missing Debian packages and mount bpffs (idempotent)
 	scripts/install-deps.sh
+
+kube-bins: ## build kube-apiserver, etcd and kubectl for the API server tests (cached by version)
+	scripts/kube-bins.sh
 
 demo: deps build ## run the two-node demo and prove the wire carries no plaintext
 	BIN=$(BIN) scripts/demo.sh

@@ -90,6 +90,42 @@ func upCluster() (*cluster, error) {
 	return c, nil
 }
 
+// ownCluster brings up a cluster of the test's own, named after prefix, with env added to
+// the cluster script's environment for up, and takes it down when the test ends. For
+// tests that need what the shared cluster cannot give: other lifetimes, another
+// topology, agents in another mode.
+func ownCluster(t *testing.T, prefix string, env ...string) *cluster {
+	t.Helper()
+	testenv.RequirePrivileged(t)
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("needs curl (scripts/install-deps.sh installs it)")
+	}
+	repo, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{repo: repo, prefix: testenv.Name(prefix),
+		bin: filepath.Join(t.TempDir(), "bin")}
+	c.state = filepath.Join("/run/veil", c.prefix)
+
+	build := exec.Command("go", "build", "-o", c.bin+"/", "./cmd/...")
+	build.Dir = repo
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building veil: %v\n%s", err, out)
+	}
+	up := c.script("up")
+	up.Env = append(up.Env, env...)
+	t.Cleanup(func() {
+		if out, err := c.script("down").CombinedOutput(); err != nil {
+			t.Errorf("cluster down: %v\n%s", err, out)
+		}
+	})
+	if out, err := up.CombinedOutput(); err != nil {
+		t.Fatalf("cluster up: %v\n%s", err, out)
+	}
+	return c
+}
+
 func (c *cluster) script(args ...string) *exec.Cmd {
 	cmd := exec.Command(filepath.Join(c.repo, "scripts/cluster.sh"), args...)
 	cmd.Env = append(os.Environ(), "PREFIX="+c.prefix, "STATE="+c.state, "BIN="+c.bin)

@@ -30,7 +30,6 @@ import (
 
 	"github.com/veil-mesh/veil/agent"
 	"github.com/veil-mesh/veil/ca"
-	"github.com/veil-mesh/veil/internal/testenv"
 	"github.com/veil-mesh/veil/redirect"
 )
 
@@ -49,35 +48,8 @@ const rotationWait = 20 * time.Second
 // test ends. The shared cluster's day-long certificates would never renew during a test.
 func rotationCluster(t *testing.T) *cluster {
 	t.Helper()
-	testenv.RequirePrivileged(t)
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("needs curl (scripts/install-deps.sh installs it)")
-	}
-	repo, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{repo: repo, prefix: testenv.Name("vrot"),
-		bin: filepath.Join(t.TempDir(), "bin")}
-	c.state = filepath.Join("/run/veil", c.prefix)
-
-	build := exec.Command("go", "build", "-o", c.bin+"/", "./cmd/...")
-	build.Dir = repo
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building veil: %v\n%s", err, out)
-	}
-	up := c.script("up")
-	up.Env = append(up.Env, "LOG_FORMAT=json", "CERT_TTL="+rotationTTL.String(),
+	return ownCluster(t, "vrot", "LOG_FORMAT=json", "CERT_TTL="+rotationTTL.String(),
 		"CA_ARGS=--reload-interval 200ms")
-	t.Cleanup(func() {
-		if out, err := c.script("down").CombinedOutput(); err != nil {
-			t.Errorf("cluster down: %v\n%s", err, out)
-		}
-	})
-	if out, err := up.CombinedOutput(); err != nil {
-		t.Fatalf("cluster up: %v\n%s", err, out)
-	}
-	return c
 }
 
 // caCmd runs veil-ca with args on the cluster's CA directory and returns its stdout.

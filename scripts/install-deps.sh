@@ -6,6 +6,9 @@
 #   - apt-get installs the missing Debian packages (after one `apt-get update`);
 #   - mounts bpffs at /sys/fs/bpf, where the agent pins its programs and links
 #     so that they outlive the agent's file descriptors.
+#   - builds kube-apiserver, etcd and kubectl for the tests that need a real API
+#     server (scripts/kube-bins.sh: about 12 minutes the first time, then cached by
+#     version in /var/cache/veil/kube and skipped in well under a second).
 # Go is not installed from apt: Debian 12 ships Go 1.19 and veil needs the
 # version named in go.mod, which these machines keep in /usr/local/go.
 set -euo pipefail
@@ -91,6 +94,12 @@ check_go() {
 	log "using $gobin ($have; go.mod asks for go ${want:-?})"
 }
 
+# kube_bins needs Go and flock (util-linux), so it runs after both are checked.
+kube_bins() {
+	"$(dirname "$0")/kube-bins.sh" >/dev/null || die "building the Kubernetes test binaries failed"
+}
+
 install_packages
 mount_bpffs
 check_go
+kube_bins
