@@ -235,11 +235,13 @@ func TestSignRefused(t *testing.T) {
 		{"wrong token", "token-three", newCSR(t, key, idA), ErrUnauthenticated,
 			prefix + "node token refused (401): missing or unknown node token; send " +
 				"Authorization: Bearer <this node's token>; check that --node-token-file " +
-				"holds this node's token from the CA's node tokens file"},
+				"holds this node's token from the CA's node tokens file (with veil-ca " +
+				"--kubernetes, a projected service account token for the CA's audience)"},
 		{"identity not on node", "token-two", newCSR(t, key, idA), ErrForbidden,
 			prefix + "identity not allowed for this node (403): no workload with identity " +
 				idA + " runs on node node2 according to the workload file; " +
-				"check the workload file the CA reads"},
+				"check the workload file the CA reads (with veil-ca --kubernetes, the " +
+				"pods on this node)"},
 		{"not a CSR", "token-one", []byte("garbage"), ErrRejected,
 			// The rest of the message is encoding/asn1's and changes between Go releases.
 			bad("parsing CSR: asn1: structure error: ...")},

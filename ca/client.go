@@ -28,7 +28,7 @@ const requestTimeout = 30 * time.Second
 // Client asks a veil-ca to sign CSRs on behalf of one node.
 type Client struct {
 	addr      string
-	token     string
+	tokenPath string
 	http      *http.Client
 	bootstrap *x509.CertPool
 	// bundle is the bundle of the CA's latest answer, trusted for the CA's own
@@ -52,18 +52,20 @@ func WithDialContext(dial func(ctx context.Context, network, addr string) (net.C
 // answer too, so the CA can move its own certificate to a new root during a rotation. It
 // checks that the CA's certificate is for ServerName, whatever addr is. tokenPath holds
 // this node's token: either the token alone, or a single "<node> <token>" line as in the
-// CA's node tokens file; '#' comments and blank lines are ignored.
+// CA's node tokens file; '#' comments and blank lines are ignored. It is read at every
+// Sign, because a projected service account token (Kubernetes mode) is replaced by the
+// kubelet well before it expires, an hour after it was issued; NewClient reads it once
+// so that a missing file stops the agent at start.
 func NewClient(addr, rootPEMPath, tokenPath string, opts ...ClientOption) (*Client, error) {
 	pool, err := loadRootPool(rootPEMPath)
 	if err != nil {
 		return nil, err
 	}
-	token, err := loadToken(tokenPath)
-	if err != nil {
+	if _, err := loadToken(tokenPath); err != nil {
 		return nil, err
 	}
 
-	c := &Client{addr: addr, token: token, bootstrap: pool}
+	c := &Client{addr: addr, tokenPath: tokenPath, bootstrap: pool}
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{
 			MinVersion: tls.VersionTLS13,
@@ -159,6 +161,10 @@ func (c *Client) Sign(ctx context.Context, csrDER []byte) (chain, bundle []*x509
 	err error) {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
+	token, err := loadToken(c.tokenPath)
+	if err != nil {
+		return nil, nil, err
+	}
 
 	body, err := json.Marshal(signRequest{CSR: string(pem.EncodeToMemory(
 		&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))})
@@ -172,7 +178,7 @@ func (c *Client) Sign(ctx context.Context, csrDER []byte) (chain, bundle []*x509
 			c.addr, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Authorization", "Bearer "+token)
 
 	chain, bundle, err = c.do(req)
 	c.track.record(time.Now(), err)
@@ -223,10 +229,12 @@ func (c *Client) statusError(status int, data []byte) error {
 	switch status {
 	case http.StatusUnauthorized:
 		return fmt.Errorf("CA at %s: %w (401): %s; check that --node-token-file holds "+
-			"this node's token from the CA's node tokens file", c.addr, ErrUnauthenticated, msg)
+			"this node's token from the CA's node tokens file (with veil-ca --kubernetes, "+
+			"a projected service account token for the CA's audience)", c.addr,
+			ErrUnauthenticated, msg)
 	case http.StatusForbidden:
-		return fmt.Errorf("CA at %s: %w (403): %s; check the workload file the CA reads",
-			c.addr, ErrForbidden, msg)
+		return fmt.Errorf("CA at %s: %w (403): %s; check the workload file the CA reads "+
+			"(with veil-ca --kubernetes, the pods on this node)", c.addr, ErrForbidden, msg)
 	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
 		return fmt.Errorf("CA at %s: %w (%d): %s", c.addr, ErrRejected, status, msg)
 	}

@@ -15,10 +15,21 @@
 // signing state every reload period and keeps the previous one when the new one cannot be
 // used; BundleFile always holds the roots agents are to trust.
 //
+// In Kubernetes mode (NewKubernetesServer, kube.go) the node tokens and workload files
+// give way to the API server: an agent presents its pod's projected service account
+// token, which the CA checks with TokenReview (tokenreview.go, answers reused for a
+// minute: reviewcache.go) and takes the node from; a node may obtain the identity of a
+// service account with a pod scheduled to it (podplacement.go); the roots are kept in the
+// Secret RootSecret, of which Dir is the working copy (rootsecret.go); and the bundle is
+// published in the ConfigMap BundleConfigMap (bundleconfigmap.go).
+//
 // A Client trusts the roots it was started with and the bundle of the CA's latest answer,
-// so the CA's own certificate can move to a new root during a rotation.
+// so the CA's own certificate can move to a new root during a rotation. It reads its
+// token file at every request, so a token the kubelet rotates is always the current one.
 //
 // Lifetimes: a Server owns its listener once Serve is called and closes it when Serve
-// returns. A Client holds an http.Client with idle connections; call CloseIdleConnections
-// when it is no longer needed.
+// returns; the watches, saving and publishing of its mode run while Serve does, except
+// the watch of pods in Kubernetes mode, which runs until the context given to
+// NewKubernetesServer ends. A Client holds an http.Client with idle connections; call
+// CloseIdleConnections when it is no longer needed.
 package ca

@@ -19,4 +19,10 @@ const (
 	logSubject     = "subject"
 	logBundle      = "bundle"
 	logMode        = "mode"
+	logNamespace   = "namespace"
+	logSecret      = "secret"
+	logConfigMap   = "configMap"
+	logAudience    = "audience"
+	logAgent       = "agentServiceAccount"
+	logResource    = "resource"
 )

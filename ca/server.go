@@ -44,17 +44,19 @@ const (
 // Config is what a Server needs.
 type Config struct {
 	// Dir holds the roots (see RootCertFile and StateFile) and BundleFile; created 0700
-	// with a first root on first start. In plug-in mode it holds only BundleFile.
+	// with a first root on first start. In plug-in mode it holds only BundleFile. In
+	// Kubernetes mode it is the working copy of the Secret RootSecret.
 	Dir string
 	// Plugin, when its CertPath is set, makes the CA sign with the intermediate it names
 	// instead of with the roots in Dir.
 	Plugin PluginFiles
-	// WorkloadsPath is the workload file that says which workload runs on which node.
-	// It and the signing state (Dir's roots, or the Plugin files) are polled every
-	// ReloadPeriod (DefaultReloadPeriod when zero).
+	// WorkloadsPath is the workload file that says which workload runs on which node
+	// (not used in Kubernetes mode). It and the signing state (Dir's roots, or the
+	// Plugin files) are polled every ReloadPeriod (DefaultReloadPeriod when zero).
 	WorkloadsPath string
 	ReloadPeriod  time.Duration
-	// NodeTokensPath is the node tokens file, read once at start.
+	// NodeTokensPath is the node tokens file, read once at start (not used in
+	// Kubernetes mode).
 	NodeTokensPath string
 	// CertTTL is the lifetime of issued certificates (DefaultCertTTL when zero).
 	CertTTL time.Duration
@@ -69,16 +71,47 @@ type Server struct {
 	auth      atomic.Pointer[authority]
 	reloadMu  sync.Mutex // serializes reloads, which Serve on several listeners would run
 	authErr   string     // the last reload error logged, under reloadMu
-	tokens    *nodeTokens
+	nodes     authenticator
+	place     placement
 	serving   *servingCert
-	workloads atomic.Pointer[workloadfile.File]
+	workloads workloadPlacement // file mode: the workload file's latest usable version
 	now       func() time.Time
+	// background runs while Serve does: the watches and publishers of the CA's mode.
+	background []func(context.Context)
 }
 
 // NewServer loads (or on first start creates) the roots, or the plug-in files, the node
 // tokens and the workload file. It fails if any of them cannot be used, so a
 // misconfigured CA stops at start rather than refusing every request later.
 func NewServer(cfg Config) (*Server, error) {
+	s, err := newServer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.openAuthority(); err != nil {
+		return nil, err
+	}
+
+	tokens, err := loadNodeTokens(cfg.NodeTokensPath)
+	if err != nil {
+		return nil, err
+	}
+	s.nodes = tokens
+	f, problems, err := workloadfile.Load(cfg.WorkloadsPath)
+	if err != nil {
+		return nil, err
+	}
+	s.setWorkloads(f, problems)
+	s.place = &s.workloads
+	s.background = append(s.background, func(ctx context.Context) {
+		workloadfile.Watch(ctx, s.cfg.WorkloadsPath, s.cfg.ReloadPeriod, s.onWorkloadFile)
+	})
+	return s, nil
+}
+
+// newServer checks what every mode needs and fills in the defaults. The caller loads the
+// signing state (openAuthority) and sets how nodes are authenticated and placed.
+func newServer(cfg Config) (*Server, error) {
 	if cfg.CertTTL == 0 {
 		cfg.CertTTL = DefaultCertTTL
 	}
@@ -100,21 +133,7 @@ func NewServer(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Log, now: time.Now}
 	s.refusals = cfg.Log.Sample(&zerolog.BurstSampler{
 		Burst: refusedLogBurst, Period: refusedLogPeriod})
-	if err := s.openAuthority(); err != nil {
-		return nil, err
-	}
 	s.serving = &servingCert{auth: s.auth.Load, now: s.now}
-
-	tokens, err := loadNodeTokens(cfg.NodeTokensPath)
-	if err != nil {
-		return nil, err
-	}
-	s.tokens = tokens
-	f, problems, err := workloadfile.Load(cfg.WorkloadsPath)
-	if err != nil {
-		return nil, err
-	}
-	s.setWorkloads(f, problems)
 	return s, nil
 }
 
@@ -129,12 +148,15 @@ func (s *Server) TLSConfig() *tls.Config {
 }
 
 // Serve answers requests on ln with TLS until ctx is done, then shuts down gracefully
-// and returns nil. It also watches the workload file and the signing state for as long as
-// it runs. Serve closes ln.
+// and returns nil. It also watches the signing state and, in file mode, the workload file
+// (in Kubernetes mode, it saves the roots to their Secret and publishes the bundle) for as
+// long as it runs. Serve closes ln.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go workloadfile.Watch(ctx, s.cfg.WorkloadsPath, s.cfg.ReloadPeriod, s.onWorkloadFile)
+	for _, run := range s.background {
+		go run(ctx)
+	}
 	go s.watchAuthority(ctx)
 
 	srv := &http.Server{
@@ -208,10 +230,9 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	node, ok := s.tokens.node(bearer(r))
-	if !ok {
-		s.refuse(w, r, http.StatusUnauthorized, "", spiffeid.ID{},
-			"missing or unknown node token; send Authorization: Bearer <this node's token>")
+	node, err := s.nodes.authenticate(r.Context(), bearer(r))
+	if err != nil {
+		s.refuseAuth(w, r, err)
 		return
 	}
 
@@ -221,15 +242,13 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	f := s.workloads.Load()
-	pub, id, err := checkCSR(req.CSR, f.TrustDomain)
+	pub, id, err := checkCSR(req.CSR, s.place.trustDomain())
 	if err != nil {
 		s.refuse(w, r, http.StatusBadRequest, node, id, err.Error())
 		return
 	}
-	if !onNode(f, node, id) {
-		s.refuse(w, r, http.StatusForbidden, node, id, fmt.Sprintf("no workload with "+
-			"identity %s runs on node %s according to the workload file", id, node))
+	if why := s.place.refusal(node, id); why != "" {
+		s.refuse(w, r, http.StatusForbidden, node, id, why)
 		return
 	}
 
@@ -254,6 +273,21 @@ func (s *Server) issue(w http.ResponseWriter, r *http.Request, node string, id s
 	s.log.Info().Str(logNode, node).Stringer(logIdentity, id).
 		Str(logSerial, chain[0].SerialNumber.Text(16)).Time(logExpires, chain[0].NotAfter).
 		Str(logSigner, a.signerID()).Msg("certificate issued")
+}
+
+// workloadPlacement places workloads where the workload file says they run.
+type workloadPlacement struct {
+	atomic.Pointer[workloadfile.File]
+}
+
+func (p *workloadPlacement) trustDomain() spiffeid.TrustDomain { return p.Load().TrustDomain }
+
+func (p *workloadPlacement) refusal(node string, id spiffeid.ID) string {
+	if onNode(p.Load(), node, id) {
+		return ""
+	}
+	return fmt.Sprintf("no workload with identity %s runs on node %s according to the "+
+		"workload file", id, node)
 }
 
 // onNode reports whether the workload file places a workload with identity id on node.
@@ -295,8 +329,18 @@ func decodeRequest(w http.ResponseWriter, r *http.Request, v any) (int, string) 
 // the caller.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, node string,
 	id spiffeid.ID, msg string) {
+	s.refuseWith(w, r, status, node, id, msg, nil)
+}
+
+// refuseWith is refuse with the cause of a failure on the CA's side, which is logged but
+// not sent.
+func (s *Server) refuseWith(w http.ResponseWriter, r *http.Request, status int, node string,
+	id spiffeid.ID, msg string, cause error) {
 	ev := s.refusals.Warn().Int(logStatus, status).Str(logRemote, r.RemoteAddr).
 		Str(logReason, msg)
+	if cause != nil {
+		ev = ev.Err(cause)
+	}
 	if node != "" {
 		ev = ev.Str(logNode, node)
 	}
@@ -305,6 +349,18 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, node
 	}
 	ev.Msg("request refused")
 	writeError(w, status, msg)
+}
+
+// refuseAuth answers a request whose token did not name a node. A failure on the CA's
+// side (the Kubernetes API unreachable) is logged with its cause, which the caller is
+// not sent.
+func (s *Server) refuseAuth(w http.ResponseWriter, r *http.Request, err error) {
+	var af *authError
+	if !errors.As(err, &af) {
+		af = &authError{status: http.StatusServiceUnavailable, cause: err,
+			msg: "checking the node token failed; see the CA log"}
+	}
+	s.refuseWith(w, r, af.status, "", spiffeid.ID{}, af.msg, af.cause)
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {

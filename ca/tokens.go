@@ -3,6 +3,7 @@ package ca
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
@@ -85,4 +86,13 @@ func (t *nodeTokens) node(token string) (string, bool) {
 		}
 	}
 	return found, found != "" && token != ""
+}
+
+// authenticate is node for a request's token.
+func (t *nodeTokens) authenticate(_ context.Context, token string) (string, error) {
+	if node, ok := t.node(token); ok {
+		return node, nil
+	}
+	return "", unauthenticated("missing or unknown node token; send Authorization: " +
+		"Bearer <this node's token>")
 }

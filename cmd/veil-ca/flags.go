@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -29,5 +30,19 @@ func durationFlag(fs *pflag.FlagSet, p *time.Duration, name, env string, def tim
 		def = d
 	}
 	fs.DurationVar(p, name, def, usage+" (env "+env+")")
+	return nil
+}
+
+// boolFlag is stringFlag for booleans; a malformed environment value is returned, as
+// durationFlag does.
+func boolFlag(fs *pflag.FlagSet, p *bool, name, env string, def bool, usage string) error {
+	if v, ok := os.LookupEnv(env); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%s=%q: %w; use true or false", env, v, err)
+		}
+		def = b
+	}
+	fs.BoolVar(p, name, def, usage+" (env "+env+")")
 	return nil
 }

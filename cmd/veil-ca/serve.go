@@ -27,6 +27,7 @@ type serveFlags struct {
 	plugin                             ca.PluginFiles
 	certTTL, reload                    time.Duration
 	logLevel, logFormat                string
+	kube                               kubeFlags
 }
 
 func newServeCommand() *cobra.Command {
@@ -44,11 +45,22 @@ func newServeCommand() *cobra.Command {
 			"instead, and its root stays offline: issued certificates carry the chain, and " +
 			"agents trust --trust-bundle, or the self-signed root at the end of " +
 			"--signing-cert. Every file is re-read each --reload-interval; a change that " +
-			"cannot be used is logged and the previous state kept.",
+			"cannot be used is logged and the previous state kept.\n\n" +
+			"With --kubernetes the CA runs against the Kubernetes API instead of the " +
+			"workload and node tokens files: an agent authenticates with its pod's " +
+			"projected service account token (audience --token-audience, service account " +
+			"--agent-service-account), which the CA checks with TokenReview and takes the " +
+			"agent's node from; it may obtain the identity of any service account with a " +
+			"pod scheduled to that node. The roots are kept in the Secret " + ca.RootSecret +
+			" of --namespace (--dir is the working copy, where root commands run), and the " +
+			"bundle is published in the ConfigMap " + ca.BundleConfigMap + ".",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if envErr != nil {
 				return envErr
+			}
+			if err := f.kube.check(cmd.Flags()); err != nil {
+				return err
 			}
 			return serve(cmd.Context(), f)
 		},
@@ -75,7 +87,8 @@ func newServeCommand() *cobra.Command {
 			"lifetime of issued certificates (at least 1s; short values are for tests)"),
 		durationFlag(fs, &f.reload, "reload-interval", "VEIL_CA_RELOAD_INTERVAL",
 			ca.DefaultReloadPeriod, "how often the workload file and the roots (or "+
-				"signing files) are checked for changes"))
+				"signing files) are checked for changes"),
+		f.kube.add(fs))
 	stringFlag(fs, &f.logLevel, "log-level", "VEIL_LOG_LEVEL", "info",
 		"debug, info, warn or error")
 	stringFlag(fs, &f.logFormat, "log-format", "VEIL_LOG_FORMAT", "json", "json or console")
@@ -90,10 +103,16 @@ func serve(ctx context.Context, f serveFlags) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	srv, err := ca.NewServer(ca.Config{
+	cfg := ca.Config{
 		Dir: f.dir, Plugin: f.plugin, WorkloadsPath: f.workloads, ReloadPeriod: f.reload,
 		NodeTokensPath: f.nodeTokens, CertTTL: f.certTTL, Log: log,
-	})
+	}
+	var srv *ca.Server
+	if f.kube.enabled {
+		srv, err = newKubernetesServer(ctx, f.kube, cfg)
+	} else {
+		srv, err = ca.NewServer(cfg)
+	}
 	if err != nil {
 		return err
 	}
