@@ -33,6 +33,10 @@ type Config struct {
 	// ProcDir is where the host's processes are seen, to find pods' network namespaces
 	// by their processes; default /proc.
 	ProcDir string
+	// NodeNetns is the node's network namespace, where the other ends of the pods'
+	// interfaces are: a namespace with a pod's address counts as the pod's only if its
+	// interface leads there. Default: the agent's own.
+	NodeNetns string
 	// PolicyFile is the peer authentication and authorization policy; empty: none,
 	// every port PERMISSIVE and every connection allowed.
 	PolicyFile string
@@ -91,6 +95,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.HBONEPort == 0 {
 		c.HBONEPort = DefaultHBONEPort
+	}
+	if c.NodeNetns == "" {
+		c.NodeNetns = "/proc/self/ns/net"
 	}
 	if c.ProcDir == "" {
 		c.ProcDir = "/proc"

@@ -62,7 +62,7 @@ func (a *Agent) startKube(ctx context.Context, watches *sync.WaitGroup,
 	src := kubesource.New(kubesource.Config{
 		Client: client, Dynamic: dyn, Node: a.cfg.Node, TrustDomain: td, Log: a.log,
 		FindNetns: func(ip netip.Addr) (string, error) {
-			return redirect.FindNetns(ip, redirect.NetnsDirs, a.cfg.ProcDir)
+			return redirect.FindNetns(ip, redirect.NetnsDirs, a.cfg.ProcDir, a.cfg.NodeNetns)
 		},
 	})
 	// The callbacks run on Run's goroutine, one after the other: the first of each kind

@@ -25,24 +25,39 @@ func nsInode(path string) uint64 {
 	return st.Ino
 }
 
+// Two pairs of namespaces use the same addresses, as two nodes' pods can on one machine:
+// the namespace found is the one whose interface has its other end in the node's.
 func TestFindNetnsNamed(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	a := testenv.NewNetns(t, testenv.Name("fna"))
 	b := testenv.NewNetns(t, testenv.Name("fnb"))
 	testenv.Veth(t, a, "eth0", "10.251.7.1/24", b, "eth0", "10.251.7.2/24")
 	testenv.AddAddr(t, b, "eth0", "fd00:251:7::2/64")
+	c := testenv.NewNetns(t, testenv.Name("fnc"))
+	d := testenv.NewNetns(t, testenv.Name("fnd"))
+	testenv.Veth(t, c, "eth0", "10.251.7.1/24", d, "eth0", "10.251.7.2/24")
 
-	for ip, want := range map[string]string{
-		"10.251.7.1": a.Path, "10.251.7.2": b.Path, "fd00:251:7::2": b.Path,
-		"::ffff:10.251.7.2": b.Path,
+	for _, tc := range []struct {
+		ip         string
+		node, want *testenv.Netns
+	}{
+		{"10.251.7.1", b, a}, {"10.251.7.1", d, c}, {"10.251.7.2", a, b},
+		{"fd00:251:7::2", a, b}, {"::ffff:10.251.7.2", c, d},
 	} {
-		got, err := redirect.FindNetns(netip.MustParseAddr(ip), redirect.NetnsDirs, "/nonexistent")
-		if err != nil || got != want {
-			t.Errorf("redirect.FindNetns(%s) = %q, %v; want %s", ip, got, err, want)
+		got, err := redirect.FindNetns(netip.MustParseAddr(tc.ip), redirect.NetnsDirs,
+			"/nonexistent", tc.node.Path)
+		if err != nil || got != tc.want.Path {
+			t.Errorf("FindNetns(%s) for node %s = %q, %v; want %s", tc.ip, tc.node.Name, got,
+				err, tc.want.Path)
 		}
 	}
-	if _, err := redirect.FindNetns(netip.MustParseAddr("10.251.7.3"), redirect.NetnsDirs, "/proc"); !errors.Is(err, redirect.ErrNoNetns) {
+	if _, err := redirect.FindNetns(netip.MustParseAddr("10.251.7.3"), redirect.NetnsDirs,
+		"/proc", b.Path); !errors.Is(err, redirect.ErrNoNetns) {
 		t.Errorf("FindNetns of an address nobody has: %v, want ErrNoNetns", err)
+	}
+	if _, err := redirect.FindNetns(netip.MustParseAddr("10.251.7.1"), redirect.NetnsDirs,
+		"/proc", "/nonexistent"); err == nil || errors.Is(err, redirect.ErrNoNetns) {
+		t.Errorf("FindNetns with no node namespace: %v, want an error that says so", err)
 	}
 }
 
@@ -73,7 +88,8 @@ func TestFindNetnsOfAProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	got, err := redirect.FindNetns(netip.MustParseAddr("10.251.8.1"), redirect.NetnsDirs, "/proc")
+	got, err := redirect.FindNetns(netip.MustParseAddr("10.251.8.1"), redirect.NetnsDirs,
+		"/proc", b.Path)
 	if err != nil {
 		t.Fatal(err)
 	}

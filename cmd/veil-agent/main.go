@@ -85,6 +85,10 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&cfg.ProcDir, "proc", envOr("VEIL_PROC", "/proc"),
 		"the host's /proc, where pods' network namespaces are found with --kubernetes "+
 			"(env VEIL_PROC)")
+	f.StringVar(&cfg.NodeNetns, "node-netns", envOr("VEIL_NODE_NETNS", "/proc/self/ns/net"),
+		"the node's network namespace, where pods' interfaces lead, with --kubernetes; in a "+
+			"pod of its own the agent needs the host's, e.g. /host/proc/1/ns/net "+
+			"(env VEIL_NODE_NETNS)")
 	f.StringVar(&cfg.PolicyFile, "policy", envOr("VEIL_POLICY", ""),
 		"policy file of peer authentications and authorization policies; empty: every "+
 			"port PERMISSIVE and every connection allowed (env VEIL_POLICY)")
