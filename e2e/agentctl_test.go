@@ -69,6 +69,16 @@ func TestAgentctlGolden(t *testing.T) {
 		}
 	}
 
+	// Policy checks: the empty policy allows all; one from a mesh client's address, one
+	// from a plaintext client's, one from an identity.
+	for i, from := range []string{c.ip(t, "client"), c.ip(t, "plain1"),
+		"cluster.local/ns/other/sa/client2"} {
+		for _, f := range formats {
+			c.golden(t, norm, fmt.Sprintf("policy-check-%d-%s", i, f), "node2", "policy", "check",
+				"--from", from, "--to", server+":8080", "-o", f)
+		}
+	}
+
 	// The cluster runs its agents at debug level.
 	for _, f := range formats {
 		c.golden(t, norm, "log-level-get-"+f, "node1", "log-level", "-o", f)
