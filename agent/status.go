@@ -224,6 +224,7 @@ const (
 	CertNotYetValid    = "not-yet-valid"
 	CertExpired        = "expired"
 	CertRenewalFailing = "renewal-failing" // still valid, but the last renewal failed
+	CertRenewing       = "renewing"        // due for renewal, which is under way
 )
 
 func (a *Agent) certs() []CertStatus {
@@ -246,6 +247,8 @@ func (a *Agent) certs() []CertStatus {
 			c.State = CertNotYetValid
 		case id.LastError != "":
 			c.State = CertRenewalFailing
+		case !now.Before(id.NextRenewal):
+			c.State = CertRenewing
 		}
 		out = append(out, c)
 	}

@@ -96,6 +96,7 @@ type IdentityStore struct {
 	closed bool
 
 	bundle atomic.Pointer[x509bundle.Bundle]
+	gate   *signGate
 }
 
 // identity is one held SVID and its renewal goroutine.
@@ -118,7 +119,7 @@ func NewIdentityStore(signer Signer, td spiffeid.TrustDomain, log zerolog.Logger
 	ctx, cancel := context.WithCancel(context.Background())
 	return &IdentityStore{
 		signer: signer, td: td, log: log, ctx: ctx, cancel: cancel,
-		ids: map[spiffeid.ID]*identity{},
+		ids: map[spiffeid.ID]*identity{}, gate: newSignGate(maxSigning),
 	}
 }
 
@@ -143,7 +144,7 @@ func (s *IdentityStore) Ensure(ctx context.Context, id spiffeid.ID) error {
 		return err
 	}
 
-	svid, root, err := s.obtain(ctx, id)
+	svid, root, err := s.obtain(ctx, id, true)
 	if err != nil {
 		return err
 	}
@@ -204,8 +205,9 @@ func (s *IdentityStore) Close() {
 // verify against the bundle that came with it, for exactly id, over the key made here.
 // The bundle becomes the store's bundle only once all of that holds. It returns the SVID
 // and the root of the bundle its chain ends at.
-func (s *IdentityStore) obtain(ctx context.Context, id spiffeid.ID) (*x509svid.SVID,
-	*x509.Certificate, error) {
+// A first request for id (urgent) goes ahead of renewals waiting for the CA.
+func (s *IdentityStore) obtain(ctx context.Context, id spiffeid.ID, urgent bool) (
+	*x509svid.SVID, *x509.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generating key for %s: %w", id, err)
@@ -218,7 +220,11 @@ func (s *IdentityStore) obtain(ctx context.Context, id spiffeid.ID) (*x509svid.S
 		return nil, nil, fmt.Errorf("creating CSR for %s: %w", id, err)
 	}
 
+	if err := s.gate.acquire(ctx, urgent); err != nil {
+		return nil, nil, fmt.Errorf("waiting to ask the CA for %s: %w", id, err)
+	}
 	chain, roots, err := s.signer.Sign(ctx, csr)
+	s.gate.release()
 	if err != nil {
 		return nil, nil, fmt.Errorf("signing CSR for %s: %w", id, err)
 	}
@@ -259,7 +265,7 @@ func (s *IdentityStore) renewLoop(ctx context.Context, e *identity) {
 		}
 
 		sctx, cancel := context.WithTimeout(ctx, signTimeout)
-		svid, root, err := s.obtain(sctx, e.id)
+		svid, root, err := s.obtain(sctx, e.id, false)
 		cancel()
 		if ctx.Err() != nil {
 			return
