@@ -325,6 +325,12 @@ func TestRootRetiredRejected(t *testing.T) {
 // keyPath, as the CA would.
 func leafFrom(t *testing.T, certPath, keyPath string) tls.Certificate {
 	t.Helper()
+	return leafValid(t, certPath, keyPath, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+}
+
+// leafValid is leafFrom with the validity given.
+func leafValid(t *testing.T, certPath, keyPath string, notBefore, notAfter time.Time) tls.Certificate {
+	t.Helper()
 	rootCert := readPEM(t, certPath)
 	rootKey, err := x509.ParsePKCS8PrivateKey(readPEM(t, keyPath))
 	if err != nil {
@@ -341,7 +347,7 @@ func leafFrom(t *testing.T, certPath, keyPath string) tls.Certificate {
 	id, _ := url.Parse(clientIdentity)
 	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		NotBefore:    time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		NotBefore:    notBefore, NotAfter: notAfter,
 		URIs: []*url.URL{id}, KeyUsage: x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}, root, key.Public(), rootKey.(crypto.Signer))
