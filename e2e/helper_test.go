@@ -42,6 +42,10 @@ import (
 //	udp-ping ADDR T      send T in a UDP datagram, print the answer
 //	garbage ADDR         connect, send bytes that are not TLS, print "closed" once the
 //	                     other side has closed the connection
+//	stream ADDR SECS     connect, send 16 KiB every 20 ms for up to SECS, print
+//	                     "streaming", then how the stream ended (see streamHelper)
+//	dial-read ADDR SECS  connect and read, each waiting up to SECS; print the outcome and
+//	                     time of each (see dialReadHelper)
 const helperEnv = "VEIL_E2E_HELPER"
 
 func runHelper(args []string) {
@@ -118,6 +122,10 @@ func helper(args []string) error {
 		return nil
 	case "sendslow":
 		return sendSlow(addr, atoi(args[2]), atoi(args[3]), atoi(args[4]))
+	case "stream":
+		return streamHelper(addr, atoi(args[2]))
+	case "dial-read":
+		return dialReadHelper(addr, atoi(args[2]))
 	case "sendtext":
 		c, err := dial(addr)
 		if err != nil {

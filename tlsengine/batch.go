@@ -48,6 +48,8 @@ type batchedTLS struct {
 	*tls.Conn
 	rb *recordBatcher
 	mu sync.Mutex
+	// writing counts Writes in flight, for Close.
+	writing atomic.Int32
 }
 
 func newBatchedClient(raw net.Conn, cfg *tls.Config) *batchedTLS {
@@ -61,6 +63,8 @@ func newBatchedServer(raw net.Conn, cfg *tls.Config) *batchedTLS {
 }
 
 func (t *batchedTLS) Write(p []byte) (int, error) {
+	t.writing.Add(1)
+	defer t.writing.Add(-1)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.rb.batching.Store(true)
@@ -70,4 +74,19 @@ func (t *batchedTLS) Write(p []byte) (int, error) {
 		err = ferr
 	}
 	return n, err
+}
+
+// Close closes the connection. While a Write is in flight it closes the socket at once,
+// without a close_notify alert, as tls.Conn.Close does for its own Writes: a Close then
+// is there to break a Write that cannot finish, a peer that stopped reading or went
+// silent. tls.Conn cannot see our Writes, whose send happens after its Write returned,
+// and would wait up to 5 s to send the alert behind them; the HTTP/2 client closes a
+// connection this way when a health-check PING goes unanswered.
+func (t *batchedTLS) Close() error {
+	if t.writing.Load() > 0 {
+		err := t.rb.Conn.Close()
+		_ = t.Conn.Close() // marks the tls.Conn closed; its alert fails at once
+		return err
+	}
+	return t.Conn.Close()
 }

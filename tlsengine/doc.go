@@ -27,7 +27,9 @@
 // Lifetimes. A Serve method returns when its listener is closed (nil) or fails (the
 // error); the caller owns and closes the listener. Connections already accepted are not
 // cut when the listener closes: each ends when its two sides are done. The engine closes
-// every connection it accepts or dials. Byte counts in Stats and Connections are from the
+// every connection it accepts or dials. One descriptor of the process (/dev/null) is kept
+// in reserve for the accept loops to refuse connections with when the process runs out
+// (shed.go); it is never closed for good. Byte counts in Stats and Connections are from the
 // workload's point of view: sent is what the workload's app wrote, received is what was
 // delivered to it.
 //

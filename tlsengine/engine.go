@@ -86,6 +86,12 @@ type Config struct {
 	PoolIdleTimeout time.Duration
 	// Observer hears of every connection, for metrics and access logs. nil: nobody.
 	Observer Observer
+	// PingAfter is how long a pooled HBONE connection may go without receiving a frame
+	// before the client sends a PING; PingTimeout how long it then waits for the answer
+	// before it closes the connection and resets every tunnel on it. 0: DefaultPingAfter
+	// and DefaultPingTimeout.
+	PingAfter   time.Duration
+	PingTimeout time.Duration
 }
 
 // Engine carries workloads' connections. One engine serves every workload of a node;
@@ -113,7 +119,7 @@ func NewEngine(cfg Config) *Engine {
 		log:         cfg.Log,
 		rejectLog:   cfg.Log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second}),
 		dialTimeout: cfg.DialTimeout,
-		h2client:    newH2Transport(),
+		h2client:    newH2Transport(cfg.PingAfter, cfg.PingTimeout),
 		pool:        newConnPool(cfg.MaxStreamsPerConn, cfg.PoolIdleTimeout),
 	}
 	if e.dialTimeout <= 0 {
@@ -132,15 +138,18 @@ func (e *Engine) isAgentPort(port uint16) bool {
 func (e *Engine) Forget(w *Workload) { e.pool.closeFor(w) }
 
 // Accept backoff, as net/http does for the same errors: running out of file descriptors
-// or memory is usually brief, and returning would take the listener down for good.
+// or memory is usually brief, and returning would take the listener down for good. Out of
+// descriptors, a connection that arrives while the loop sleeps is reset when it wakes
+// (see shed.go), so acceptBackoffMax is also how long such a client waits to hear.
 const (
 	acceptBackoffMin = 5 * time.Millisecond
 	acceptBackoffMax = time.Second
 )
 
 // serve accepts from ln until it is closed, running handle for each connection in its
-// own goroutine.
-func (e *Engine) serve(ln net.Listener, handle func(net.Conn)) error {
+// own goroutine. dir is what a connection refused for want of descriptors counts as.
+func (e *Engine) serve(ln net.Listener, dir Direction, handle func(net.Conn)) error {
+	reserve.hold()
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -151,11 +160,23 @@ func (e *Engine) serve(ln net.Listener, handle func(net.Conn)) error {
 			if !retryableAccept(err) {
 				return fmt.Errorf("accepting on %s: %w", ln.Addr(), err)
 			}
+			if outOfFiles(err) {
+				if n := reserve.shed(ln); n > 0 {
+					for range n {
+						e.failed(dir)
+					}
+					e.rejectLog.Warn().Err(err).Stringer(logKeyListener, ln.Addr()).
+						Int(logKeyCount, n).Msg("out of file descriptors: connections reset")
+					backoff = 0
+					continue
+				}
+			}
 			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
 			e.rejectLog.Warn().Err(err).Msg("accept failed, retrying")
 			time.Sleep(backoff)
 			continue
 		}
+		reserve.hold() // if given up during a shortage, take it back now there is room
 		backoff = 0
 		go handle(c)
 	}

@@ -82,6 +82,14 @@ type meshOpts struct {
 	// maxStreams and poolIdle configure the client's connection pool.
 	maxStreams int
 	poolIdle   time.Duration
+	// orig replaces the table of original destinations that dial fills, for a client
+	// in another process.
+	orig OriginalDst
+	// pingAfter and pingTimeout configure the client's health checks of HBONE peers.
+	pingAfter, pingTimeout time.Duration
+	// clientDialOut replaces the client's outbound dial (HBONE to the server), for a
+	// test that puts something between the two.
+	clientDialOut func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
 }
 
 // testMesh is two nodes on loopback: the client engine serves workload a's outbound
@@ -144,9 +152,12 @@ func newMesh(t testing.TB, o meshOpts) *testMesh {
 		},
 		DialOut: dialTCP,
 	}
+	if o.clientDialOut == nil {
+		o.clientDialOut = dialTCP
+	}
 	m.a = &Workload{
 		ID: idA, IPs: []netip.Addr{loopback}, SVID: m.ca.issue(o.clientID),
-		DialApp: dialAppTCP, DialOut: dialTCP,
+		DialApp: dialAppTCP, DialOut: o.clientDialOut,
 	}
 
 	hbonePort := addrPortOf(hboneLn.Addr()).Port()
@@ -154,6 +165,7 @@ func newMesh(t testing.TB, o meshOpts) *testMesh {
 		TrustDomain: meshTD, Bundle: m.ca.bundle(), Peers: peerMap{loopback: idB},
 		Log: zerolog.New(m.clientLogs).Level(zerolog.DebugLevel), HBONEPort: hbonePort,
 		Observer: o.clientObs, MaxStreamsPerConn: o.maxStreams, PoolIdleTimeout: o.poolIdle,
+		PingAfter: o.pingAfter, PingTimeout: o.pingTimeout,
 	})
 	m.server = NewEngine(Config{
 		TrustDomain: meshTD, Bundle: m.ca.bundle(),
@@ -162,9 +174,11 @@ func newMesh(t testing.TB, o meshOpts) *testMesh {
 		AgentPorts: []uint16{15001, 15006},
 	})
 
-	serveUntilCleanup(t, outLn, func() error {
-		return m.client.ServeOutbound(outLn, m.a, m.orig.lookup)
-	})
+	orig := o.orig
+	if orig == nil {
+		orig = m.orig.lookup
+	}
+	serveUntilCleanup(t, outLn, func() error { return m.client.ServeOutbound(outLn, m.a, orig) })
 	serveUntilCleanup(t, hboneLn, func() error { return m.server.ServeHBONE(hboneLn, m.b) })
 	return m
 }

@@ -17,20 +17,32 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"golang.org/x/sys/unix"
 )
 
 // ServeHBONE serves HBONE for w on ln (its :15008) until ln is closed: mTLS with w's
 // SVID, then one CONNECT stream per tunnelled connection, each delivered to w's app.
 func (e *Engine) ServeHBONE(ln net.Listener, w *Workload) error {
 	cfg := e.serverTLS(w)
-	return e.serve(ln, func(c net.Conn) { e.serveHBONEConn(c, w, cfg) })
+	return e.serve(ln, Inbound, func(c net.Conn) { e.serveHBONEConn(c, w, cfg) })
 }
+
+// hboneUserTimeout is how long data we sent to an HBONE client may go unacknowledged
+// before the kernel gives the connection up (TCP_USER_TIMEOUT, RFC 5482); with the
+// listener's TCP keepalive (Go's default: probes after 15 s idle) it also bounds how long
+// an idle client may not answer. The client finds a silent server with HTTP/2 PINGs; the
+// server has no such check, and without this a client node that vanished would keep the
+// connection, and every app connection delivered for it, until TCP stopped retransmitting
+// (tcp_retries2: about 15 minutes). 30 s lets a segment be retransmitted seven times
+// (200 ms minimum RTO, doubling: 25.4 s), far more than a live path needs.
+const hboneUserTimeout = 30 * time.Second
 
 // serveHBONEConn runs one HBONE connection until the client closes it. A connection that
 // breaks the protocol, or asks for nothing within the dial timeout, counts as failed.
 func (e *Engine) serveHBONEConn(raw net.Conn, w *Workload, cfg *tls.Config) {
 	defer raw.Close()
 	remote := addrPortOf(raw.RemoteAddr())
+	setUserTimeout(raw, hboneUserTimeout)
 
 	tc := newBatchedServer(raw, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout)
@@ -61,6 +73,23 @@ func (e *Engine) serveHBONEConn(raw net.Conn, w *Workload, cfg *tls.Config) {
 		e.rejectLog.Info().Stringer(logKeyWorkload, w.ID).Stringer(logKeyPeerAddr, remote).
 			Stringer(logKeyPeer, peer).Err(err).Msg("HBONE connection failed")
 	}
+}
+
+// setUserTimeout sets TCP_USER_TIMEOUT on a TCP connection; anything else is left alone,
+// as is a socket that refuses it (the connection then lives as TCP alone decides).
+func setUserTimeout(c net.Conn, d time.Duration) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT,
+			int(d.Milliseconds()))
+	})
 }
 
 // connectRequest is what a stream's HEADERS asked for.

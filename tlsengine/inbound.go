@@ -13,7 +13,7 @@ import (
 // until ln is closed. The sk_lookup hook keeps each connection's original destination
 // as its local address, and that is where it is delivered: this is PERMISSIVE mode.
 func (e *Engine) ServeInbound(ln net.Listener, w *Workload) error {
-	return e.serve(ln, func(c net.Conn) { e.inboundPlaintext(c, w) })
+	return e.serve(ln, InboundPlaintext, func(c net.Conn) { e.inboundPlaintext(c, w) })
 }
 
 func (e *Engine) inboundPlaintext(c net.Conn, w *Workload) {

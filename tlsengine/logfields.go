@@ -16,4 +16,6 @@ const (
 	logKeyOutcome   = "outcome"
 	logKeyForwarded = "forwarded"
 	logKeyCertTime  = "certTime"
+	logKeyListener  = "listener"
+	logKeyCount     = "count"
 )

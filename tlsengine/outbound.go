@@ -13,7 +13,7 @@ import (
 // whose identity Peers knows is reached over HBONE; any other in plaintext (see the
 // package doc for why).
 func (e *Engine) ServeOutbound(ln net.Listener, w *Workload, orig OriginalDst) error {
-	return e.serve(ln, func(c net.Conn) { e.outbound(c, w, orig) })
+	return e.serve(ln, Outbound, func(c net.Conn) { e.outbound(c, w, orig) })
 }
 
 func (e *Engine) outbound(app net.Conn, w *Workload, orig OriginalDst) {
