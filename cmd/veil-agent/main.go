@@ -17,12 +17,19 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/veil-mesh/veil/agent"
+	"github.com/veil-mesh/veil/agent/harden"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
+	// Before anything else, so that no key this process ever holds can end up in a core
+	// file.
+	if err := harden.Process(); err != nil {
+		fmt.Fprintln(os.Stderr, "veil-agent: turning off core dumps:", err)
+		os.Exit(1)
+	}
 	if err := newRootCmd().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "veil-agent:", err)
 		os.Exit(1)
@@ -53,6 +60,11 @@ func newRootCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			dumpable, err := harden.Dumpable()
+			if err != nil {
+				return err
+			}
+			log.Info().Bool(harden.LogFieldDumpable, dumpable).Msg("core dumps off")
 			for _, e := range exclude {
 				p, err := netip.ParsePrefix(e)
 				if err != nil {

@@ -8,9 +8,17 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/veil-mesh/veil/agent/harden"
 )
 
 func main() {
+	// Before anything else: the CA holds its signing keys in memory, and no core file may
+	// carry them off.
+	if err := harden.Process(); err != nil {
+		fmt.Fprintln(os.Stderr, "veil-ca: turning off core dumps:", err)
+		os.Exit(1)
+	}
 	if err := newRootCommand().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "veil-ca:", err)
 		os.Exit(1)
