@@ -19,7 +19,7 @@ LDFLAGS := -X main.version=$(VERSION)
 export VEIL_BIN     := $(BIN)
 export VEIL_SCRIPTS := $(CURDIR)/scripts
 
-.PHONY: help build generate demo bench test fuzz vet lint deps kube-bins clean cluster-up cluster-down
+.PHONY: help build generate demo bench loadtest test fuzz vet lint deps kube-bins clean cluster-up cluster-down
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-13s %s\n", $$1, $$2 }'
@@ -42,6 +42,9 @@ demo: deps build ## run the two-node demo and prove the wire carries no plaintex
 
 bench: deps build ## benchmark veil against plain pod-to-pod and stunnel (ARGS=--quick: under 2 min)
 	BIN=$(BIN) scripts/bench.sh $(ARGS)
+
+loadtest: deps build ## 10,000 held conns, 10 min of churn: do agents give fds, goroutines, memory back? (~17 min; ARGS=--quick: ~5)
+	BIN=$(BIN) scripts/loadtest.sh $(ARGS)
 
 vet:
 	$(GO) vet ./...
