@@ -9,32 +9,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/veil-mesh/veil/agent/kubesource"
 	"github.com/veil-mesh/veil/agent/policy"
 	"github.com/veil-mesh/veil/agent/workloadfile"
+	"github.com/veil-mesh/veil/internal/kubeconfig"
 	"github.com/veil-mesh/veil/redirect"
 )
-
-// kubeConfig is the API's address and credentials: the pod's own in a cluster, or a
-// kubeconfig file given with --kubeconfig.
-func kubeConfig(path string) (*rest.Config, error) {
-	if path == "" {
-		cfg, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("reaching the Kubernetes API from inside the cluster: %w; "+
-				"outside a pod, give --kubeconfig", err)
-		}
-		return cfg, nil
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		return nil, fmt.Errorf("reading kubeconfig %s: %w", path, err)
-	}
-	return cfg, nil
-}
 
 // startKube starts watching the Kubernetes API, feeding readings and policies as the
 // file watches would, and returns its first reading of each: it waits until every watch
@@ -45,7 +26,7 @@ func (a *Agent) startKube(ctx context.Context, watches *sync.WaitGroup,
 	if err != nil {
 		return nil, fmt.Errorf("--trust-domain %q: %w", a.cfg.TrustDomain, err)
 	}
-	rc, err := kubeConfig(a.cfg.Kubeconfig)
+	rc, err := kubeconfig.Load(a.cfg.Kubeconfig)
 	if err != nil {
 		return nil, err
 	}

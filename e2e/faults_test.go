@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -201,31 +200,14 @@ func parseDialRead(t *testing.T, s string) dialRead {
 
 // streamRun is a running stream helper.
 type streamRun struct {
-	lines chan string
+	lines <-chan string
 }
 
 // startStream runs the stream helper from pod to dst (a sink) and returns once it
 // streams. The helper is killed, by its pid, when the test ends.
 func (c *cluster) startStream(t *testing.T, pod, dst string) *streamRun {
 	t.Helper()
-	cmd := c.helperCmd(t, pod, "stream", dst, "300")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	s := &streamRun{lines: make(chan string, 4)}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			s.lines <- sc.Text()
-		}
-		close(s.lines)
-	}()
+	s := &streamRun{lines: startLines(t, c.helperCmd(t, pod, "stream", dst, "300"))}
 	select {
 	case l, ok := <-s.lines:
 		if !ok || l != "streaming" {
@@ -351,17 +333,7 @@ func (c *cluster) killAgent(t *testing.T, node string) (start func()) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("killing %s's agent (pid %d): %v", node, pid, err)
 	}
-	started := false
-	start = func() {
-		if started {
-			return
-		}
-		started = true
-		if out, err := c.script("start-agent", node).CombinedOutput(); err != nil {
-			t.Fatalf("start-agent %s: %v\n%s", node, err, out)
-		}
-	}
-	t.Cleanup(start)
+	start = c.restarter(t, node)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if s, state := procStart(pid); s != startTime || state == "Z" {

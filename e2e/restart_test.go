@@ -47,8 +47,16 @@ func (c *cluster) stopAgent(t *testing.T, node string) (start func()) {
 	if out, err := c.script("stop-agent", node).CombinedOutput(); err != nil {
 		t.Fatalf("stop-agent %s: %v\n%s", node, err, out)
 	}
+	return c.restarter(t, node)
+}
+
+// restarter returns the function that starts node's stopped agent again and waits until
+// it serves; it runs when the test ends too, if the test did not call it, so later tests
+// find the cluster whole.
+func (c *cluster) restarter(t *testing.T, node string) func() {
+	t.Helper()
 	started := false
-	start = func() {
+	start := func() {
 		if started {
 			return
 		}

@@ -8,10 +8,9 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/veil-mesh/veil/ca"
+	"github.com/veil-mesh/veil/internal/kubeconfig"
 )
 
 // kubeFlags are veil-ca serve's flags for Kubernetes mode.
@@ -69,30 +68,12 @@ func (k *kubeFlags) check(fs *pflag.FlagSet) error {
 	return nil
 }
 
-// kubeConfig is the API's address and credentials: the pod's own in a cluster, or a
-// kubeconfig file given with --kubeconfig.
-func kubeConfig(path string) (*rest.Config, error) {
-	if path == "" {
-		cfg, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("reaching the Kubernetes API from inside the cluster: %w; "+
-				"outside a pod, give --kubeconfig", err)
-		}
-		return cfg, nil
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		return nil, fmt.Errorf("reading kubeconfig %s: %w", path, err)
-	}
-	return cfg, nil
-}
-
 func newKubernetesServer(ctx context.Context, k kubeFlags, cfg ca.Config) (*ca.Server, error) {
 	td, err := spiffeid.TrustDomainFromString(k.trustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("--trust-domain %q: %w", k.trustDomain, err)
 	}
-	rc, err := kubeConfig(k.kubeconfig)
+	rc, err := kubeconfig.Load(k.kubeconfig)
 	if err != nil {
 		return nil, err
 	}
