@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/veil-mesh/veil/internal/loadgen"
 )
 
 // churnResult is what churn prints once -for has passed and the last connection is done.
@@ -38,7 +40,7 @@ func runChurn(args []string) error {
 	if *rate <= 0 || *inflight < 1 || *dur <= 0 {
 		return fmt.Errorf("-rate, -c and -for must be positive")
 	}
-	ctx, stop := signalContext()
+	ctx, stop := loadgen.SignalContext()
 	defer stop()
 
 	res := churnResult{Rate: *rate}
@@ -90,7 +92,7 @@ loop:
 	res.Seconds = time.Since(start).Seconds()
 	res.PerSec = float64(res.OK) / res.Seconds
 	res.P50Ms, res.P99Ms = percentile(lat, 0.50), percentile(lat, 0.99)
-	return printJSON(res)
+	return loadgen.PrintJSON(res)
 }
 
 func churnOne(addr string, msg []byte) error {
@@ -99,7 +101,7 @@ func churnOne(addr string, msg []byte) error {
 		return fmt.Errorf("dialing %s: %w", addr, err)
 	}
 	defer c.Close()
-	return exchange(c, msg, 5*time.Second)
+	return loadgen.Exchange(c, msg, 5*time.Second)
 }
 
 func percentile(xs []float64, p float64) float64 {

@@ -1,24 +1,21 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"net"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/veil-mesh/veil/internal/loadgen"
 )
 
 // holdEvent is one line of hold's output: "opened" once every connection was tried,
 // "checked" after the hold, when every open connection has been asked for one more echo.
 type holdEvent struct {
-	Event      string  `json:"event"`
-	Wanted     int     `json:"wanted"`
-	Opened     int     `json:"opened"`
-	Errors     int     `json:"errors"`
-	FirstError string  `json:"first_error,omitempty"`
-	Seconds    float64 `json:"seconds"`
+	Event string `json:"event"`
+	loadgen.Opened
 	// Alive counts the connections that still echoed after the hold (event "checked").
 	Alive int `json:"alive,omitempty"`
 }
@@ -35,19 +32,20 @@ func runHold(args []string) error {
 	if *n < 1 || *workers < 1 || *holdFor <= 0 {
 		return fmt.Errorf("-n, -c and -for must be positive")
 	}
-	if err := raiseNoFile(uint64(*n) + 64); err != nil {
+	if err := loadgen.RaiseNoFile(uint64(*n) + 64); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest hold: warning:", err)
 	}
-	ctx, stop := signalContext()
+	ctx, stop := loadgen.SignalContext()
 	defer stop()
 
-	conns, ev := openAll(ctx, *addr, *n, *workers)
+	conns, opened := loadgen.OpenEchoed(ctx, *addr, *n, *workers)
+	ev := holdEvent{Event: "opened", Opened: opened}
 	defer func() {
 		for _, c := range conns {
 			_ = c.Close()
 		}
 	}()
-	if err := printJSON(ev); err != nil {
+	if err := loadgen.PrintJSON(ev); err != nil {
 		return err
 	}
 
@@ -58,65 +56,13 @@ func runHold(args []string) error {
 	}
 	ev = checkAll(conns, *workers)
 	ev.Wanted = *n
-	return printJSON(ev)
-}
-
-// openAll opens n connections, each proven end to end by a one-byte echo, so that
-// through the mesh both agents carry the tunnel when it returns.
-func openAll(ctx context.Context, addr string, n, workers int) ([]net.Conn, holdEvent) {
-	ev := holdEvent{Event: "opened", Wanted: n}
-	var mu sync.Mutex
-	conns := make([]net.Conn, 0, n)
-	next := make(chan struct{}, n)
-	for range n {
-		next <- struct{}{}
-	}
-	close(next)
-
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for range next {
-				if ctx.Err() != nil {
-					return
-				}
-				c, err := openOne(addr)
-				mu.Lock()
-				if err != nil {
-					ev.Errors++
-					if ev.FirstError == "" {
-						ev.FirstError = err.Error()
-					}
-				} else {
-					conns = append(conns, c)
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	ev.Opened = len(conns)
-	ev.Seconds = time.Since(start).Seconds()
-	return conns, ev
-}
-
-func openOne(addr string) (net.Conn, error) {
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		return nil, fmt.Errorf("dialing %s: %w", addr, err)
-	}
-	if err := exchange(c, []byte{'o'}, 10*time.Second); err != nil {
-		_ = c.Close()
-		return nil, err
-	}
-	return c, nil
+	return loadgen.PrintJSON(ev)
 }
 
 // checkAll asks every held connection for one more echo: a connection the agents dropped
 // while it sat idle fails here.
 func checkAll(conns []net.Conn, workers int) holdEvent {
-	ev := holdEvent{Event: "checked", Opened: len(conns)}
+	ev := holdEvent{Event: "checked", Opened: loadgen.Opened{Opened: len(conns)}}
 	start := time.Now()
 	var mu sync.Mutex
 	next := make(chan net.Conn, len(conns))
@@ -128,7 +74,7 @@ func checkAll(conns []net.Conn, workers int) holdEvent {
 	for range workers {
 		wg.Go(func() {
 			for c := range next {
-				err := exchange(c, []byte{'c'}, 10*time.Second)
+				err := loadgen.Exchange(c, []byte{'c'}, 10*time.Second)
 				mu.Lock()
 				if err != nil {
 					ev.Errors++

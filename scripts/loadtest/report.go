@@ -272,10 +272,10 @@ func table(r *results) string {
 		switch ev.Event {
 		case "opened":
 			fmt.Fprintf(&b, "- held: %d of %d connections opened in %.1f s, %d failed%s\n",
-				ev.Opened, ev.Wanted, ev.Seconds, ev.Errors, firstError(ev.FirstError))
+				ev.Opened.Opened, ev.Wanted, ev.Seconds, ev.Errors, firstError(ev.FirstError))
 		case "checked":
 			fmt.Fprintf(&b, "- after the hold: %d of %d still echoed%s\n", ev.Alive,
-				ev.Opened, firstError(ev.FirstError))
+				ev.Opened.Opened, firstError(ev.FirstError))
 		}
 	}
 	if c := r.Churn; c != nil {

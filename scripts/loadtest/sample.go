@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/veil-mesh/veil/internal/loadgen"
 )
 
 // sample is one look at an agent: from /proc (what the kernel says it holds) and from its
@@ -53,7 +55,7 @@ func runSample(args []string) error {
 	if *pid <= 0 || *every <= 0 {
 		return fmt.Errorf("-pid and -every must be positive")
 	}
-	ctx, stop := signalContext()
+	ctx, stop := loadgen.SignalContext()
 	defer stop()
 	client := &http.Client{Timeout: *every}
 	tick := time.NewTicker(*every)
@@ -64,7 +66,7 @@ func runSample(args []string) error {
 			return err
 		}
 		s.Node = *node
-		if err := printJSON(s); err != nil {
+		if err := loadgen.PrintJSON(s); err != nil {
 			return err
 		}
 		select {

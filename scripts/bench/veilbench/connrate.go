@@ -4,11 +4,12 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/veil-mesh/veil/internal/loadgen"
 )
 
 // connRateResult is what connrate prints. A connection counts once its 1 KB request
@@ -33,11 +34,11 @@ func runConnRate(args []string) error {
 		return fmt.Errorf("-c and -for must be positive")
 	}
 
-	ctx, stop := signalContext()
+	ctx, stop := loadgen.SignalContext()
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *dur)
 	defer cancel()
-	return printJSON(connRate(ctx, *addr, *workers))
+	return loadgen.PrintJSON(connRate(ctx, *addr, *workers))
 }
 
 func connRate(ctx context.Context, addr string, workers int) connRateResult {
@@ -79,19 +80,5 @@ func exchangeOnce(addr string, buf []byte) error {
 		return fmt.Errorf("dialing %s: %w", addr, err)
 	}
 	defer c.Close()
-	return exchange(c, buf, 5*time.Second)
-}
-
-// exchange sends buf on c and reads as many bytes back into it, all within the time given.
-func exchange(c net.Conn, buf []byte, within time.Duration) error {
-	if err := c.SetDeadline(time.Now().Add(within)); err != nil {
-		return fmt.Errorf("setting deadline: %w", err)
-	}
-	if _, err := c.Write(buf); err != nil {
-		return fmt.Errorf("writing %d bytes: %w", len(buf), err)
-	}
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return fmt.Errorf("reading the answer: %w", err)
-	}
-	return nil
+	return loadgen.Exchange(c, buf, 5*time.Second)
 }

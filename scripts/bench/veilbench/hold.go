@@ -6,19 +6,10 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sync"
 	"time"
-)
 
-// holdResult is printed once every connection has been opened (or has failed); the
-// connections then stay open and idle until -for passes or SIGTERM arrives.
-type holdResult struct {
-	Wanted     int     `json:"wanted"`
-	Opened     int     `json:"opened"`
-	Errors     int     `json:"errors"`
-	FirstError string  `json:"first_error,omitempty"`
-	Seconds    float64 `json:"seconds"`
-}
+	"github.com/veil-mesh/veil/internal/loadgen"
+)
 
 func runHold(args []string) error {
 	fs := flag.NewFlagSet("hold", flag.ContinueOnError)
@@ -32,79 +23,24 @@ func runHold(args []string) error {
 	if *n < 1 || *workers < 1 {
 		return fmt.Errorf("-n and -c must be positive")
 	}
-	if err := raiseNoFile(uint64(*n) + 64); err != nil {
+	if err := loadgen.RaiseNoFile(uint64(*n) + 64); err != nil {
 		fmt.Fprintln(os.Stderr, "veilbench hold: warning:", err)
 	}
 
-	ctx, stop := signalContext()
+	ctx, stop := loadgen.SignalContext()
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *holdFor)
 	defer cancel()
 
-	conns, res := openIdle(ctx, *addr, *n, *workers)
+	// The result is printed once every connection has been opened (or has failed); the
+	// connections then stay open and idle until -for passes or SIGTERM arrives.
+	conns, res := loadgen.OpenEchoed(ctx, *addr, *n, *workers)
 	defer closeAll(conns)
-	if err := printJSON(res); err != nil {
+	if err := loadgen.PrintJSON(res); err != nil {
 		return err
 	}
 	<-ctx.Done()
 	return nil
-}
-
-// openIdle opens n connections, each proven end to end by a one-byte echo, so that
-// through the mesh both agents hold the tunnel when it returns.
-func openIdle(ctx context.Context, addr string, n, workers int) ([]net.Conn, holdResult) {
-	res := holdResult{Wanted: n}
-	var mu sync.Mutex
-	conns := make([]net.Conn, 0, n)
-	next := make(chan struct{}, n)
-	for range n {
-		next <- struct{}{}
-	}
-	close(next)
-
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for range next {
-				if ctx.Err() != nil {
-					return
-				}
-				c, err := openOne(addr)
-				mu.Lock()
-				if err != nil {
-					res.Errors++
-					if res.FirstError == "" {
-						res.FirstError = err.Error()
-					}
-				} else {
-					conns = append(conns, c)
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-
-	res.Opened = len(conns)
-	res.Seconds = time.Since(start).Seconds()
-	return conns, res
-}
-
-func openOne(addr string) (net.Conn, error) {
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		return nil, fmt.Errorf("dialing %s: %w", addr, err)
-	}
-	if err := exchange(c, []byte{'x'}, 10*time.Second); err != nil {
-		_ = c.Close()
-		return nil, err
-	}
-	if err := c.SetDeadline(time.Time{}); err != nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("clearing deadline: %w", err)
-	}
-	return c, nil
 }
 
 func closeAll(conns []net.Conn) {

@@ -7,6 +7,8 @@ import (
 	"net"
 	"slices"
 	"time"
+
+	"github.com/veil-mesh/veil/internal/loadgen"
 )
 
 // pingPongResult is what pingpong prints: the round-trip time of a 1 KB request and
@@ -48,7 +50,7 @@ func runPingPong(args []string) error {
 	if err != nil {
 		return err
 	}
-	return printJSON(summarizeRTTs(rtts))
+	return loadgen.PrintJSON(summarizeRTTs(rtts))
 }
 
 // pingPong makes warmup+n round trips and returns the last n durations.
