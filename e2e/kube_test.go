@@ -212,6 +212,26 @@ func TestKubernetesDiscovery(t *testing.T) {
 		t.Errorf("kclient's netns was found at %q", got)
 	}
 
+	// A pod with no address yet, and one whose address no namespace of the node holds:
+	// each is reported and left out, and the others are served on.
+	noIP := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "knoip", Namespace: "shop"},
+		Spec: corev1.PodSpec{NodeName: "node1", ServiceAccountName: "client",
+			Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app"}}},
+	}
+	if _, err := kc.CoreV1().Pods("shop").Create(ctx, noIP, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	createPod(t, kc, "shop", "knons", "node1", "client", []string{"10.244.1.99"}, nil)
+	c.waitStatus(t, "node1", "both problem pods reported", func(s agent.Status) bool {
+		p := strings.Join(s.WorkloadFile.Problems, "\n")
+		return strings.Contains(p, "pod shop/knoip has no IP yet") &&
+			strings.Contains(p, "pod shop/knons (10.244.1.99): no network namespace on this node")
+	})
+	if got := enrolledNames(c.status(t, "node1")); !slices.Equal(got, []string{"kclient"}) {
+		t.Errorf("node1 enrolled %v beside the problem pods, want [kclient]", got)
+	}
+
 	// Through the mesh, with the identity the API gave the client.
 	server := c.ip(t, "kserver")
 	whoami := server + ":7860"

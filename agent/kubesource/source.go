@@ -190,15 +190,18 @@ const debounce = 100 * time.Millisecond
 func (s *Source) loop(ctx context.Context, namespaces listerscorev1.NamespaceLister,
 	onWorkloads func(*workloadfile.File, []error), onPolicy func(*policy.Policy, []byte)) {
 	var (
-		lastFile   *workloadfile.File
-		lastPolicy []byte
+		lastFile     *workloadfile.File
+		lastProblems string
+		lastPolicy   []byte
 	)
 	rescan := time.NewTicker(s.cfg.Rescan)
 	defer rescan.Stop()
 	publish := func() {
 		f, problems, missing := s.workloads(namespaces)
-		if lastFile == nil || !reflect.DeepEqual(f, lastFile) {
-			lastFile = f
+		// A pod left out changes only the problems, and they are news too.
+		left := errorsText(problems)
+		if lastFile == nil || !reflect.DeepEqual(f, lastFile) || left != lastProblems {
+			lastFile, lastProblems = f, left
 			onWorkloads(f, problems)
 		}
 		p, text := s.policy()
@@ -370,4 +373,13 @@ func metaOf(pod *corev1.Pod) metav1.ObjectMeta {
 		Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, Labels: pod.Labels,
 		ResourceVersion: pod.ResourceVersion, DeletionTimestamp: pod.DeletionTimestamp,
 	}
+}
+
+func errorsText(errs []error) string {
+	var b strings.Builder
+	for _, err := range errs {
+		b.WriteString(err.Error())
+		b.WriteByte('\n')
+	}
+	return b.String()
 }
