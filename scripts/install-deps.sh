@@ -94,9 +94,13 @@ check_go() {
 	log "using $gobin ($have; go.mod asks for go ${want:-?})"
 }
 
-# kube_bins needs Go and flock (util-linux), so it runs after both are checked.
+# kube_bins needs Go and flock (util-linux), so it runs after both are checked. A failed
+# build is not the end of the install: the tests that need an API server then skip, each
+# with a line saying to run scripts/kube-bins.sh, and everything else still runs.
 kube_bins() {
-	"$(dirname "$0")/kube-bins.sh" >/dev/null || die "building the Kubernetes test binaries failed"
+	"$(dirname "$0")/kube-bins.sh" >/dev/null ||
+		log "warning: building the Kubernetes test binaries failed (see above); the tests" \
+			"that need an API server will be skipped until scripts/kube-bins.sh succeeds"
 }
 
 install_packages
