@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -171,4 +172,27 @@ func openOne(addr string) (net.Conn, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// RunServe is a tool's serve command: parse args (-listen, -max-conns), make room for
+// that many connections, and echo on the address until SIGINT or SIGTERM. name prefixes
+// its warnings.
+func RunServe(name string, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	listen := fs.String("listen", ":7000", "address to listen on")
+	maxConns := fs.Uint64("max-conns", 12000, "open files to make room for")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := RaiseNoFile(*maxConns + 64); err != nil {
+		fmt.Fprintln(os.Stderr, name+": warning:", err)
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", *listen, err)
+	}
+	ctx, stop := SignalContext()
+	defer stop()
+	context.AfterFunc(ctx, func() { _ = ln.Close() })
+	return ServeEcho(ln)
 }

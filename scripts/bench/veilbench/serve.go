@@ -1,37 +1,8 @@
 package main
 
-import (
-	"flag"
-	"fmt"
-	"net"
-	"os"
-
-	"github.com/veil-mesh/veil/internal/loadgen"
-)
+import "github.com/veil-mesh/veil/internal/loadgen"
 
 // runServe echoes every byte it reads back to the sender, one goroutine per connection,
 // until SIGTERM. pingpong and connrate read their answer from it; hold keeps idle
 // connections to it.
-func runServe(args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	listen := fs.String("listen", ":7000", "address to listen on")
-	maxConns := fs.Uint64("max-conns", 12000, "open files to make room for")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := loadgen.RaiseNoFile(*maxConns + 64); err != nil {
-		fmt.Fprintln(os.Stderr, "veilbench serve: warning:", err)
-	}
-
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", *listen, err)
-	}
-	ctx, stop := loadgen.SignalContext()
-	defer stop()
-	go func() {
-		<-ctx.Done()
-		_ = ln.Close()
-	}()
-	return loadgen.ServeEcho(ln)
-}
+func runServe(args []string) error { return loadgen.RunServe("veilbench serve", args) }
