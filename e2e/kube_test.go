@@ -245,6 +245,14 @@ func TestKubernetesDiscovery(t *testing.T) {
 		})
 	})
 
+	// The API server goes away and comes back: the agents serve on meanwhile, and their
+	// watches pick up again, which the policy below then shows.
+	k.RestartAPIServer(t, func() {
+		if !c.reaches(t, "kclient", whoami) {
+			t.Error("kclient did not reach kserver while the API server was down")
+		}
+	})
+
 	// A policy resource, and a malformed one beside it.
 	dyn, err := dynamic.NewForConfig(k.Config)
 	if err != nil {

@@ -46,6 +46,7 @@ type Server struct {
 	Dir string
 
 	etcd, apiserver *process
+	apiserverArgs   []string
 	stopOnce        sync.Once
 }
 
@@ -114,8 +115,8 @@ func start(ctx context.Context, bins Binaries) (s *Server, err error) {
 	}
 
 	s.URL = "https://127.0.0.1:" + ports[2]
-	s.apiserver, err = startProcess(dir, "kube-apiserver", bins.APIServer,
-		apiserverArgs(dir, pki, etcdURL, ports[2])...)
+	s.apiserverArgs = apiserverArgs(dir, pki, etcdURL, ports[2])
+	s.apiserver, err = startProcess(dir, "kube-apiserver", bins.APIServer, s.apiserverArgs...)
 	if err != nil {
 		return nil, err
 	}
@@ -201,6 +202,26 @@ func (s *Server) Stop() {
 			_ = os.RemoveAll(s.Dir)
 		}
 	})
+}
+
+// RestartAPIServer kills kube-apiserver, by its pid, and starts it again on the same
+// address with the same etcd: an API server that goes away and comes back. down runs in
+// between, while nothing answers; RestartAPIServer returns once the new one is ready.
+func (s *Server) RestartAPIServer(t testing.TB, down func()) {
+	t.Helper()
+	s.apiserver.kill()
+	down()
+	var err error
+	s.apiserver, err = startProcess(s.Dir, "kube-apiserver", s.Bins.APIServer,
+		s.apiserverArgs...)
+	if err != nil {
+		t.Fatalf("starting kube-apiserver again: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), startTimeout)
+	defer cancel()
+	if err := waitReady(ctx, s.apiserver, s.Config); err != nil {
+		t.Fatalf("kube-apiserver after a restart: %v", err)
+	}
 }
 
 // Client returns an administrator's clientset.
