@@ -1,13 +1,12 @@
 package policy
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/veil-mesh/veil/internal/strictyaml"
 )
 
 // rawFile and the types below mirror the YAML. Decoding with KnownFields(true) turns an
@@ -125,24 +124,11 @@ func Parse(data []byte) (*Policy, error) {
 }
 
 func decodeStrict(data []byte, raw *rawFile) error {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	err := dec.Decode(raw)
-	if err == nil || errors.Is(err, io.EOF) {
-		return nil
-	}
-
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return fmt.Errorf("parsing policy file: %w", err)
-	}
-	msgs := make([]string, len(te.Errors))
-	for i, m := range te.Errors {
+	return strictyaml.Decode(data, raw, "policy file", func(m string) string {
 		for _, f := range fieldsOf {
 			m = strings.Replace(m, " not found in type policy."+f.typ,
 				" is not "+f.what+" (known: "+f.known+")", 1)
 		}
-		msgs[i] = m
-	}
-	return fmt.Errorf("parsing policy file: %s", strings.Join(msgs, "; "))
+		return m
+	})
 }

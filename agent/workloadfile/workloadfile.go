@@ -1,16 +1,16 @@
 package workloadfile
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/veil-mesh/veil/internal/strictyaml"
 )
 
 // Workload is one pod as the workload file lists it.
@@ -168,31 +168,17 @@ func Parse(data []byte) (*File, []error, error) {
 // Go type an unknown field was not found in; the message is rewritten to name the YAML
 // section and its fields instead, which is what the person editing the file needs.
 func decodeStrict(data []byte, raw *rawFile) error {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	err := dec.Decode(raw)
-	if err == nil || errors.Is(err, io.EOF) {
-		return nil
-	}
-
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return fmt.Errorf("parsing workload file: %w", err)
-	}
-	msgs := make([]string, len(te.Errors))
-	for i, m := range te.Errors {
+	return strictyaml.Decode(data, raw, "workload file", func(m string) string {
 		m = strings.Replace(m, " not found in type workloadfile.rawWorkload",
 			" is not a workload field (known: "+workloadFields+
 				"); fix the spelling or remove it", 1)
 		m = strings.Replace(m, " not found in type workloadfile.rawNamespace",
 			" is not a namespace field (known: "+namespaceFields+
 				"); fix the spelling or remove it", 1)
-		m = strings.Replace(m, " not found in type workloadfile.rawFile",
+		return strings.Replace(m, " not found in type workloadfile.rawFile",
 			" is not a top-level field (known: "+fileFields+
 				"); fix the spelling or remove it", 1)
-		msgs[i] = m
-	}
-	return fmt.Errorf("parsing workload file: %s", strings.Join(msgs, "; "))
+	})
 }
 
 func parseTrustDomain(name string, root *yaml.Node) (spiffeid.TrustDomain, error) {
