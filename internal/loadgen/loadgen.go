@@ -12,9 +12,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -195,4 +197,32 @@ func RunServe(name string, args []string) error {
 	defer stop()
 	context.AfterFunc(ctx, func() { _ = ln.Close() })
 	return ServeEcho(ln)
+}
+
+// Main runs the command that os.Args names among commands, each of which takes its own
+// arguments, and exits 1 with one line if it fails or none is named.
+func Main(tool string, commands map[string]func(args []string) error) {
+	names := slices.Sorted(maps.Keys(commands))
+	args := os.Args[1:]
+	var err error
+	switch cmd, ok := commands[firstOf(args)]; {
+	case len(args) == 0:
+		err = fmt.Errorf("usage: %s <command> [flags]; commands: %v", tool, names)
+	case !ok:
+		err = fmt.Errorf("usage: %s <command> [flags]: unknown command %q; commands: %v",
+			tool, args[0], names)
+	default:
+		err = cmd(args[1:])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, tool+":", err)
+		os.Exit(1)
+	}
+}
+
+func firstOf(args []string) string {
+	if len(args) == 0 {
+		return ""
+	}
+	return args[0]
 }

@@ -16,12 +16,7 @@
 // hold and churn print JSON lines on stdout; sample prints one JSON line per sample.
 package main
 
-import (
-	"errors"
-	"fmt"
-	"os"
-	"sort"
-)
+import "github.com/veil-mesh/veil/internal/loadgen"
 
 var commands = map[string]func(args []string) error{
 	"serve":  runServe,
@@ -31,32 +26,4 @@ var commands = map[string]func(args []string) error{
 	"report": runReport,
 }
 
-var errUsage = errors.New("usage: loadtest <command> [flags]")
-
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "loadtest:", err)
-		os.Exit(1)
-	}
-}
-
-func run(args []string) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w; commands: %v", errUsage, commandNames())
-	}
-	cmd, ok := commands[args[0]]
-	if !ok {
-		return fmt.Errorf("%w: unknown command %q; commands: %v", errUsage, args[0],
-			commandNames())
-	}
-	return cmd(args[1:])
-}
-
-func commandNames() []string {
-	names := make([]string, 0, len(commands))
-	for name := range commands {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	return names
-}
+func main() { loadgen.Main("loadtest", commands) }

@@ -13,12 +13,7 @@
 // SIGTERM, which is how the harness ends them.
 package main
 
-import (
-	"errors"
-	"fmt"
-	"os"
-	"sort"
-)
+import "github.com/veil-mesh/veil/internal/loadgen"
 
 // commands maps a command name to its entry point; each takes its own arguments.
 var commands = map[string]func(args []string) error{
@@ -29,33 +24,4 @@ var commands = map[string]func(args []string) error{
 	"report":   runReport,
 }
 
-// errUsage reports a command line that names no known command.
-var errUsage = errors.New("usage: veilbench <command> [flags]")
-
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "veilbench:", err)
-		os.Exit(1)
-	}
-}
-
-func run(args []string) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w; commands: %v", errUsage, commandNames())
-	}
-
-	cmd, ok := commands[args[0]]
-	if !ok {
-		return fmt.Errorf("%w: unknown command %q; commands: %v", errUsage, args[0], commandNames())
-	}
-	return cmd(args[1:])
-}
-
-func commandNames() []string {
-	names := make([]string, 0, len(commands))
-	for name := range commands {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	return names
-}
+func main() { loadgen.Main("veilbench", commands) }
