@@ -53,14 +53,9 @@ CONNRATE_FOR=3s
 OUT=
 QUICK=0
 
-START=$SECONDS
-log() { printf '[%4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
-warn() { printf '[%4ds] warning: %s\n' "$((SECONDS - START))" "$*" >&2; }
-die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
-usage() {
-	sed -n '2,/^set -Eeuo/{/^set/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
-	exit 2
-}
+TOOL=bench
+# shellcheck source=scripts/harness.sh
+. "$REPO/scripts/harness.sh"
 
 parse_flags() {
 	local quick_set=()
@@ -126,20 +121,12 @@ ensure_tools() {
 }
 
 build() {
-	if [[ -z ${BIN:-} ]]; then
-		BIN=$REPO/bin
-		log "building veil into $BIN"
-		(cd "$REPO" && "$GO" build -ldflags "-X main.version=$(commit_label)" -o "$BIN/" ./cmd/...)
-	fi
-	export BIN
+	build_veil
 	log "building veilbench"
 	(cd "$REPO" && "$GO" build -o "$WORK/veilbench" ./scripts/bench/veilbench)
 	VB=$WORK/veilbench
 }
 
-commit_label() {
-	git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown
-}
 
 # agent_version is what the agent that runs says it is: the commit it was built from
 # when built by make or by this script.
@@ -156,8 +143,6 @@ write_topology() {
 }
 
 CLUSTER_TRIED=0
-BG_PIDS=()
-
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM ERR
@@ -171,16 +156,6 @@ cleanup() {
 	exit "$rc"
 }
 
-stop_bg() {
-	local pid
-	for pid in "${BG_PIDS[@]}"; do
-		kill -TERM "$pid" 2>/dev/null
-	done
-	for pid in "${BG_PIDS[@]}"; do
-		wait "$pid" 2>/dev/null || true
-	done
-	BG_PIDS=()
-}
 
 cluster_up() {
 	if [[ -e $STATE || -e /run/netns/$PREFIX-node1 ]]; then
@@ -217,18 +192,7 @@ cluster_down() {
 	"$CLUSTER" down >"$logs/down.log" 2>&1 || warn "cluster.sh down failed; see $logs/down.log"
 }
 
-listening() {
-	[[ -n $(nsenter --net="/run/netns/$PREFIX-$1" -- ss -Hltn "sport = :$2") ]]
-}
 
-wait_listening() {
-	local pod=$1 port=$2 i
-	for ((i = 0; i < 100; i++)); do
-		listening "$pod" "$port" && return 0
-		sleep 0.1
-	done
-	die "nothing listens on $pod:$port; see $LOGS"
-}
 
 # tune_pods lets the clients reuse TIME_WAIT ports: connrate opens thousands of
 # connections to one address and port per second.
@@ -253,14 +217,14 @@ start_servers() {
 	fi
 
 	for pod in pserver psame mserver msame sserver; do
-		wait_listening "$pod" "$IPERF_PORT"
+		wait_listening "$pod" "$IPERF_PORT" "$LOGS"
 	done
 	for pod in pserver psame mserver msame; do
-		wait_listening "$pod" "$ECHO_PORT"
+		wait_listening "$pod" "$ECHO_PORT" "$LOGS"
 	done
 	if has_path stunnel; then
-		wait_listening sserver "$STUNNEL_PORT"
-		wait_listening sclient "$IPERF_PORT"
+		wait_listening sserver "$STUNNEL_PORT" "$LOGS"
+		wait_listening sclient "$IPERF_PORT" "$LOGS"
 	fi
 }
 
@@ -396,7 +360,6 @@ measure_stunnel() {
 	done
 }
 
-agent_pid() { awk '{ print $1 }' "$STATE/$1/agent.pid"; }
 
 # status_kb <node> <field> prints a field of the agent's /proc status in kB.
 status_kb() {

@@ -57,14 +57,9 @@ SETTLE=20
 OUT=
 QUICK=0
 
-START=$SECONDS
-log() { printf '[%4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
-warn() { printf '[%4ds] warning: %s\n' "$((SECONDS - START))" "$*" >&2; }
-die() { printf 'loadtest: error: %s\n' "$*" >&2; exit 1; }
-usage() {
-	sed -n '2,/^set -Eeuo/{/^set/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
-	exit 2
-}
+TOOL=loadtest
+# shellcheck source=scripts/harness.sh
+. "$REPO/scripts/harness.sh"
 
 parse_flags() {
 	local given=()
@@ -107,7 +102,6 @@ parse_flags() {
 # --- cleanup --------------------------------------------------------------------------
 
 CLUSTER_TRIED=0
-BG_PIDS=()
 
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
@@ -134,16 +128,6 @@ forget_bg() {
 	BG_PIDS=("${keep[@]}")
 }
 
-stop_bg() {
-	local pid
-	for pid in "${BG_PIDS[@]}"; do
-		kill -TERM "$pid" 2>/dev/null
-	done
-	for pid in "${BG_PIDS[@]}"; do
-		wait "$pid" 2>/dev/null || true
-	done
-	BG_PIDS=()
-}
 
 # remove_leftovers takes down clusters of earlier runs whose loadtest.sh is gone (killed
 # before its trap could run). A cluster whose run is still alive is someone else's.
@@ -186,22 +170,13 @@ cluster_down() {
 # --- setup ----------------------------------------------------------------------------
 
 build() {
-	if [[ -z ${BIN:-} ]]; then
-		BIN=$REPO/bin
-		log "building veil into $BIN"
-		(cd "$REPO" && "$GO" build -ldflags "-X main.version=$(commit_label)" -o "$BIN/" ./cmd/...)
-	fi
-	export BIN
+	build_veil
 	log "building the load generator"
 	(cd "$REPO" && "$GO" build -o "$WORK/loadtest" ./scripts/loadtest)
 	LT=$WORK/loadtest
 }
 
-commit_label() {
-	git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown
-}
 
-agent_pid() { awk '{ print $1 }' "$STATE/$1/agent.pid"; }
 pod_ip() { "$CLUSTER" ip "$1"; }
 
 # bg starts a command in the background and remembers it, so cleanup ends it. With a
@@ -222,12 +197,7 @@ start_server() {
 			net.ipv4.ip_local_port_range="10000 65000"
 	done
 	bg serve "$CLUSTER" exec lserver -- "$LT" serve -listen ":$PORT" -max-conns $((CONNS + 2000))
-	local i
-	for ((i = 0; i < 100; i++)); do
-		[[ -n $(nsenter --net="/run/netns/$PREFIX-lserver" -- ss -Hltn "sport = :$PORT") ]] && return 0
-		sleep 0.1
-	done
-	die "the echo server in lserver does not listen; see $LOGS/serve.err"
+	wait_listening lserver "$PORT" "$LOGS/serve.err"
 }
 
 start_samplers() {
