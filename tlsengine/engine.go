@@ -178,7 +178,13 @@ func (e *Engine) serve(ln net.Listener, dir Direction, handle func(net.Conn)) er
 		}
 		reserve.hold() // if given up during a shortage, take it back now there is room
 		backoff = 0
-		go handle(c)
+		go func() {
+			handle(c)
+			// c and what it opened are closed: if a shortage cost the reserve, a
+			// descriptor is free to take it back now. Waiting for the next accept
+			// would wait forever while the limit holds.
+			reserve.hold()
+		}()
 	}
 }
 

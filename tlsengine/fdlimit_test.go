@@ -277,7 +277,12 @@ func TestFDExhaustion(t *testing.T) {
 	}
 
 	// Exhaustion proper: no descriptor left for accept itself.
-	t.Log(child.command("fill", "filled "))
+	filled := child.command("fill", "filled ")
+	t.Log(filled)
+	if !strings.HasSuffix(filled, "reserve=true") {
+		t.Errorf("the load cost the engines their reserve descriptor (%s): nothing is "+
+			"left to reset a connection with", filled)
+	}
 	for i := range 5 {
 		a := tryConn(child.addr, fdFailFast)
 		if a.err == nil {

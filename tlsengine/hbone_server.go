@@ -127,6 +127,7 @@ func (r connectRequest) malformed() bool {
 // serveStream answers one CONNECT stream: it checks the request, dials the app and
 // relays until both directions are done.
 func (sc *h2Conn) serveStream(st *h2Stream, req connectRequest) {
+	defer reserve.hold() // the app connection is closed: see serve
 	dst, status, err := sc.target(req)
 	log := sc.e.connLog(sc.w, Inbound, sc.remote, dst).With().
 		Stringer(logKeyPeer, sc.peer).Str(logKeyForwarded, req.forwarded).Logger()

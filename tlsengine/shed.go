@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,7 +35,7 @@ type fdReserve struct {
 var reserve = fdReserve{fd: -1}
 
 // hold takes the reserve descriptor if it is not held. While the process has none to
-// spare it fails quietly; the accept loop tries again after its next accept.
+// spare it fails quietly; it is tried again after each accept and each connection's end.
 func (r *fdReserve) hold() {
 	if r.held.Load() {
 		return
@@ -63,12 +64,16 @@ const maxShedBatch = 64
 // accept, and returns how many it reset. 0 means nothing was waiting, or the reserve was
 // not held.
 //
-// The reserve is given up only while a connection is waiting: any other goroutine that
-// opens a file in that moment takes the freed descriptor, and the reserve is lost until
-// the accept loop next succeeds. Polling first keeps that window to the instant of a
-// shed; without it, every accept that failed with nothing queued opened the window, and
-// a delivery dial of a connection accepted just before took the reserve (seen in about
-// one run of TestFDExhaustion in twenty).
+// A connection is reset by disconnecting its socket (connect with AF_UNSPEC sends a RST
+// for an established connection) rather than by closing it, so its descriptor stays
+// open and becomes the reserve: the reserve is given up only in the instant between
+// closing it and an accept that a waiting connection is known to satisfy (polled just
+// before). Any other goroutine that opens a file in that instant takes the descriptor,
+// and the reserve is lost until one frees up: the end of every connection the engine
+// carries and every successful accept take it back (serve, serveStream). Before the
+// reset kept its descriptor, the reserve was reopened after the RST had gone out, and a
+// client that reacted to the RST at once could take the last descriptor first (seen in
+// TestFDExhaustion under load).
 func (r *fdReserve) shed(ln net.Listener) int {
 	sc, ok := ln.(syscall.Conn)
 	if !ok {
@@ -86,30 +91,38 @@ func (r *fdReserve) shed(ln net.Listener) int {
 	}
 	n := 0
 	_ = rc.Control(func(lfd uintptr) {
-		if !acceptable(int(lfd)) {
-			return
-		}
-		_ = unix.Close(r.fd)
-		r.fd = -1
-		r.held.Store(false)
-		for n < maxShedBatch {
-			// The listener is non-blocking: with nothing queued this is EAGAIN.
+		for n < maxShedBatch && acceptable(int(lfd)) {
+			_ = unix.Close(r.fd)
 			fd, _, err := unix.Accept4(int(lfd), unix.SOCK_CLOEXEC)
-			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {
-				continue
+			for errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {
+				fd, _, err = unix.Accept4(int(lfd), unix.SOCK_CLOEXEC)
 			}
 			if err != nil {
-				break
+				// Taken in the instant it was free, or the connection went away.
+				r.fd = -1
+				r.held.Store(false)
+				r.holdLocked()
+				return
 			}
-			// SO_LINGER 0: close sends a RST instead of a FIN.
-			_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER,
-				&unix.Linger{Onoff: 1, Linger: 0})
-			_ = unix.Close(fd)
-			n++
+			r.fd = fd
+			if disconnect(fd) == nil {
+				n++
+			}
 		}
-		r.holdLocked()
 	})
 	return n
+}
+
+// disconnect resets the TCP connection on fd and leaves fd open, on an unconnected
+// socket. x/sys/unix has no Sockaddr for AF_UNSPEC, so the call is made directly.
+func disconnect(fd int) error {
+	sa := unix.RawSockaddr{Family: unix.AF_UNSPEC}
+	_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(fd),
+		uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // acceptable reports whether a connection waits on the listening socket fd.
