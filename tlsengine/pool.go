@@ -135,9 +135,18 @@ func (p *connPool) reserveLocked(key poolKey) *pooledConn {
 
 func (p *connPool) reserveOnLocked(pc *pooledConn) bool {
 	if !pc.cc.ReserveNewRequest() {
-		// Closed, or the server sent GOAWAY: no new streams will ever fit.
-		p.removeLocked(pc)
-		go pc.cc.Close()
+		// Either no new stream will ever fit (closed, or the server sent GOAWAY), and
+		// the connection leaves the pool; or it is full for now: the server's stream
+		// limit is lower than maxStreams, or streams this side reset still count
+		// against it until the server answers. Either way the streams it carries run
+		// to their end: the transport closes a GOAWAY'd connection after its last one,
+		// and the tunnel takes another connection.
+		if st := pc.cc.State(); st.Closed || st.Closing {
+			p.removeLocked(pc)
+			if pc.active == 0 {
+				go pc.cc.Close()
+			}
+		}
 		return false
 	}
 	pc.active++

@@ -43,6 +43,30 @@ func TestPoolSharesConnectionsUpToTheStreamCap(t *testing.T) {
 	eventually(t, "streams released", func() bool { return m.client.Stats().Pool.Streams == 0 })
 }
 
+// A connection the server will take no more streams on is full, not broken: with a
+// pool cap above the server's own limit (hboneMaxStreams), the tunnel past that limit
+// goes to a second connection and the first keeps carrying its streams.
+func TestPoolFullConnectionKeepsItsStreams(t *testing.T) {
+	const n = hboneMaxStreams + 50
+	m := newMesh(t, meshOpts{maxStreams: 2 * hboneMaxStreams})
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = io.Copy(c, c) })
+	conns := make([]*net.TCPConn, n)
+	for i := range conns {
+		conns[i] = m.dial(app.addr)
+		if err := echoWithin(conns[i], []byte{'x'}, testTimeout); err != nil {
+			t.Fatalf("tunnel %d: %v", i, err)
+		}
+	}
+	for i, c := range conns {
+		if err := echoWithin(c, []byte{'y'}, testTimeout); err != nil {
+			t.Errorf("tunnel %d, after %d were opened: %v", i, n, err)
+		}
+	}
+	if p := m.client.Stats().Pool; p.Opened != 2 || p.Streams != n {
+		t.Errorf("pool after %d tunnels: %+v, want 2 connections carrying %d streams", n, p, n)
+	}
+}
+
 // A burst of 100 connections at once, the default cap: one pooled connection carries all.
 func TestPoolBurstSharesOneConnection(t *testing.T) {
 	m := newMesh(t, meshOpts{})
