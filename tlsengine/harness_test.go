@@ -90,6 +90,8 @@ type meshOpts struct {
 	// clientDialOut replaces the client's outbound dial (HBONE to the server), for a
 	// test that puts something between the two.
 	clientDialOut func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+	// logLevel is both engines' log level; the zero value, debug, logs every connection.
+	logLevel zerolog.Level
 }
 
 // testMesh is two nodes on loopback: the client engine serves workload a's outbound
@@ -163,13 +165,13 @@ func newMesh(t testing.TB, o meshOpts) *testMesh {
 	hbonePort := addrPortOf(hboneLn.Addr()).Port()
 	m.client = NewEngine(Config{
 		TrustDomain: meshTD, Bundle: m.ca.bundle(), Peers: peerMap{loopback: idB},
-		Log: zerolog.New(m.clientLogs).Level(zerolog.DebugLevel), HBONEPort: hbonePort,
+		Log: zerolog.New(m.clientLogs).Level(o.logLevel), HBONEPort: hbonePort,
 		Observer: o.clientObs, MaxStreamsPerConn: o.maxStreams, PoolIdleTimeout: o.poolIdle,
 		PingAfter: o.pingAfter, PingTimeout: o.pingTimeout,
 	})
 	m.server = NewEngine(Config{
 		TrustDomain: meshTD, Bundle: m.ca.bundle(),
-		Log:       zerolog.New(m.serverLogs).Level(zerolog.DebugLevel),
+		Log:       zerolog.New(m.serverLogs).Level(o.logLevel),
 		HBONEPort: hbonePort, DialTimeout: o.serverDialTimeout, Observer: o.serverObs,
 		AgentPorts: []uint16{15001, 15006},
 	})

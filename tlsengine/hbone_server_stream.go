@@ -57,11 +57,17 @@ func (sc *h2Conn) newStreamLocked(id uint32) *h2Stream {
 }
 
 // appendLocked copies the client's bytes into the stream's buffer; the connection and
-// stream windows bound how much it can hold.
+// stream windows bound how much it can hold. Bytes that arrive while nothing waits to be
+// read start in a small chunk, as a request of a chatty protocol does; more go to large
+// ones.
 func (st *h2Stream) appendLocked(p []byte) {
 	for len(p) > 0 {
-		if k := len(st.recv); k == 0 || st.recv[k-1].n == relayBufSize {
-			st.recv = append(st.recv, recvChunk{buf: relayBufs.Get().(*[]byte)})
+		if k := len(st.recv); k == 0 || st.recv[k-1].n == len(*st.recv[k-1].buf) {
+			size := relayBufSize
+			if k == 0 && len(p) <= smallBufSize {
+				size = smallBufSize
+			}
+			st.recv = append(st.recv, recvChunk{buf: getBuf(size)})
 		}
 		c := &st.recv[len(st.recv)-1]
 		m := copy((*c.buf)[c.n:], p)
@@ -124,8 +130,49 @@ func (st *h2Stream) Read(p []byte) (int, error) {
 
 func (st *h2Stream) dropCur() {
 	if st.cur.buf != nil {
-		relayBufs.Put(st.cur.buf)
+		putBuf(st.cur.buf)
 		st.cur = recvChunk{}
+	}
+}
+
+// writeTo is pump for a stream: it writes the client's bytes to dst straight from the
+// chunks they arrived in, so the direction needs no copy buffer of its own and holds
+// none while the client is quiet. As with Read, a chunk's window goes back once dst has
+// taken it.
+func (st *h2Stream) writeTo(dst io.Writer, count func(int)) pumpResult {
+	sc := st.sc
+	for {
+		sc.mu.Lock()
+		for len(st.recv) == 0 && !st.recvEnd && st.err == nil {
+			st.cond.Wait()
+		}
+		if st.err != nil {
+			err := st.err
+			sc.mu.Unlock()
+			return pumpResult{readErr: err}
+		}
+		if len(st.recv) == 0 {
+			sc.mu.Unlock()
+			return pumpResult{}
+		}
+		// Take the chunk out, so appendLocked never writes to the one being written.
+		c := st.recv[0]
+		st.recv[0] = recvChunk{}
+		st.recv = st.recv[1:]
+		sc.mu.Unlock()
+
+		m, err := dst.Write((*c.buf)[:c.n])
+		count(m)
+		putBuf(c.buf)
+		sc.mu.Lock()
+		st.creditLocked(int64(c.n))
+		sc.mu.Unlock()
+		if err == nil && m < c.n {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			return pumpResult{writeErr: err}
+		}
 	}
 }
 
@@ -273,7 +320,7 @@ func (st *h2Stream) abortLocked(err error) {
 	var dropped int64
 	for _, c := range st.recv {
 		dropped += int64(c.n)
-		relayBufs.Put(c.buf)
+		putBuf(c.buf)
 	}
 	st.recv = nil
 	st.sc.creditConnLocked(dropped)

@@ -14,8 +14,8 @@ import (
 // frames and large sends: on a two-core build machine, iperf3 through two agents moved
 // about 2.0 Gbit/s with 64 KiB buffers and frames and 2.7 with 256 KiB (medians of three
 // 4 s runs each, alternated with plain runs at 7-10 Gbit/s). Buffers come from a pool and
-// a direction holds one only while data is moving (see pump), so an idle connection
-// costs none.
+// a direction holds one only while data is moving (see pump): an idle connection holds a
+// small one, for the response body of its HBONE stream, and no large one.
 const relayBufSize = 256 << 10
 
 // smallBufSize is the buffer of a first read after a pause. Requests and answers of
@@ -71,18 +71,22 @@ func (r pumpResult) outcome() string {
 
 // pump copies src to dst until src ends or either fails, calling count with every chunk
 // written. It never hands dst a ReaderFrom shortcut, so every byte is counted.
+//
+// A direction holds a large buffer only while data is moving. A TCP source is waited on
+// without a buffer: a read that drained the socket gives its buffer back, and the next
+// one borrows a buffer only once data has arrived: a small one first, a large one once
+// a read fills the small one. A source that cannot be waited on (the response body of
+// an HTTP/2 stream) is read into a small buffer while it is quiet, and into a large one
+// from a read that filled the small one until a read that drains it.
 func pump(dst io.Writer, src io.Reader, count func(int)) pumpResult {
-	// A TCP source is waited on without a buffer: a read that drained the socket gives
-	// its buffer back, and the next one borrows a buffer only once data has arrived: a
-	// small one first, a large one once a read fills the small one.
+	if st, ok := src.(*h2Stream); ok {
+		return st.writeTo(dst, count)
+	}
 	var rc syscall.RawConn
 	if sc, ok := src.(syscall.Conn); ok {
 		rc, _ = sc.SyscallConn()
 	}
-	size := relayBufSize
-	if rc != nil {
-		size = smallBufSize
-	}
+	size := smallBufSize
 	var bp *[]byte
 	defer func() {
 		if bp != nil {
@@ -112,10 +116,11 @@ func pump(dst io.Writer, src io.Reader, count func(int)) pumpResult {
 			}
 		}
 		switch {
-		case rc != nil && n < len(buf):
-			putBuf(bp) // the socket is drained: wait for more without a buffer
+		case n < len(buf) && (rc != nil || len(buf) > smallBufSize):
+			// Drained: wait for more without a buffer, or with a small one.
+			putBuf(bp)
 			bp, size = nil, smallBufSize
-		case len(buf) < relayBufSize:
+		case n == len(buf) && len(buf) < relayBufSize:
 			putBuf(bp) // a full small buffer: more is coming, read it in large pieces
 			bp, size = nil, relayBufSize
 		}
