@@ -45,6 +45,9 @@ type Config struct {
 	// PinDir is this agent's directory in bpffs.
 	PinDir      string
 	AdminSocket string
+	// AdminGroup, a group name or a numeric gid, may read the admin API too: its socket
+	// is then 0660 and the group's. Empty: root only. Changes need root either way.
+	AdminGroup string
 
 	CAAddr        string
 	CARoot        string
@@ -130,6 +133,11 @@ func (c *Config) validate() error {
 		if f.v == "" {
 			errs = append(errs, errors.New(f.flag+" is required"))
 		}
+	}
+	// serveAdmin resolves the group again when it makes the socket; a bad one is caught
+	// here, before this agent asks a running one for its listeners.
+	if _, err := adminGroupID(c.AdminGroup); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -196,12 +196,13 @@ func adopt(ad adopted, m handoffMsg, fds []int) error {
 	return nil
 }
 
-// serveHandoff listens for a successor on the handoff socket, root's only like the admin
-// socket, and passes each connection to the agent's loop, which alone may change the
-// workloads. It returns the function that closes the socket.
+// serveHandoff listens for a successor on the handoff socket, root's only even when the
+// admin socket is open to a group (a handoff is no read), and passes each connection to
+// the agent's loop, which alone may change the workloads. It returns the function that
+// closes the socket.
 func (a *Agent) serveHandoff() (func(), error) {
 	path := handoffPath(a.cfg.AdminSocket)
-	ln, err := listenPrivate(path, "unixpacket")
+	ln, err := listenPrivate(path, "unixpacket", noGroup)
 	if err != nil {
 		return nil, fmt.Errorf("listening for a successor: %w", err)
 	}

@@ -101,7 +101,8 @@ func (o *options) dialError(err error) error {
 		return fmt.Errorf("no veil agent is running at %s (start veil-agent, "+
 			"or point --socket or %s at its admin socket)", o.socket, socketEnv)
 	case errors.Is(err, os.ErrPermission):
-		return fmt.Errorf("not allowed to open %s: the admin socket is root's only", o.socket)
+		return fmt.Errorf("not allowed to open %s: run as root, or as a member of the "+
+			"group the agent's --admin-group names", o.socket)
 	}
 	return fmt.Errorf("asking the agent at %s: %w", o.socket, err)
 }

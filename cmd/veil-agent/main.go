@@ -111,6 +111,11 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&cfg.AdminSocket, "admin-socket",
 		envOr("VEIL_ADMIN_SOCKET", "/run/veil/agent.sock"),
 		"Unix socket of the admin API (env VEIL_ADMIN_SOCKET)")
+	f.StringVar(&cfg.AdminGroup, "admin-group", envOr("VEIL_ADMIN_GROUP", ""),
+		"group whose members may read the admin API but not change anything: a name, or a "+
+			"numeric gid (in a container, names come from the image's /etc/group); the "+
+			"socket is then 0660 root:<group>, and a directory that exists already must "+
+			"let the group through; empty: root only (env VEIL_ADMIN_GROUP)")
 	f.StringVar(&cfg.CAAddr, "ca-addr", envOr("VEIL_CA_ADDR", ""),
 		"address of veil-ca, host:port (env VEIL_CA_ADDR)")
 	f.StringVar(&cfg.CARoot, "ca-root", envOr("VEIL_CA_ROOT", ""),
