@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/veil-mesh/veil/agent/cni"
 	"golang.org/x/sys/unix"
 )
 
@@ -81,6 +82,8 @@ func (a *Agent) serveAdmin(ctx context.Context) (stop func(), err error) {
 	})
 	mux.HandleFunc("PUT "+LogLevelPath, needsRoot("changing the log level", a.putLogLevel))
 	mux.HandleFunc("GET "+PolicyCheckPath, a.servePolicyCheck)
+	mux.HandleFunc("POST "+cni.AddPath, needsRoot("enrolling a pod", a.cniAdd))
+	mux.HandleFunc("POST "+cni.DelPath, needsRoot("forgetting a pod's sandbox", a.cniDel))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
 		ConnContext: withPeerCred}
 	go func() {

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/veil-mesh/veil/agent/kubesource"
 	"github.com/veil-mesh/veil/agent/workloadfile"
 	"github.com/veil-mesh/veil/ca"
 	"github.com/veil-mesh/veil/internal/filewatch"
@@ -56,6 +57,10 @@ type Agent struct {
 	problems  []error
 	// loggedProblems are the problems of the last reading, logged already.
 	loggedProblems map[string]bool
+
+	// kube is the Kubernetes source with --kubernetes, once started; the CNI endpoint
+	// asks it about pods.
+	kube atomic.Pointer[kubesource.Source]
 
 	// adopted are the listeners a predecessor handed over, until workloads take them.
 	adopted adopted

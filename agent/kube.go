@@ -46,6 +46,7 @@ func (a *Agent) startKube(ctx context.Context, watches *sync.WaitGroup,
 			return redirect.FindNetns(ip, redirect.NetnsDirs, a.cfg.ProcDir, a.cfg.NodeNetns)
 		},
 	})
+	a.kube.Store(src)
 	// The callbacks run on Run's goroutine, one after the other: the first of each kind
 	// goes to this function, the rest to the agent's loop.
 	firstFile := make(chan *workloadfile.File, 1)

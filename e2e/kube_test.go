@@ -144,7 +144,8 @@ func enrolledNames(s agent.Status) []string {
 
 // The agents learn everything from the Kubernetes API: which pods are in the mesh (by
 // namespace label, overridden by a pod label), where they run and as whom, their
-// network namespaces (found by address), and the policy resources. They enroll and
+// network namespaces (found by address), and the policy resources; a pod started
+// through veil-cni is enrolled before its containers start. They enroll and
 // unenroll pods as the API says, and enforce the policies it holds, while a malformed
 // resource is set aside without disturbing the rest.
 func TestKubernetesDiscovery(t *testing.T) {
@@ -244,6 +245,9 @@ func TestKubernetesDiscovery(t *testing.T) {
 			return p.Peer.String() == "spiffe://cluster.local/ns/shop/sa/client"
 		})
 	})
+
+	// Pods started by a container runtime, through a CNI chain that ends in veil-cni.
+	checkCNI(t, c, kc, whoami)
 
 	// The API server goes away and comes back: the agents serve on meanwhile, and their
 	// watches pick up again, which the policy below then shows.

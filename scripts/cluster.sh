@@ -28,10 +28,13 @@
 #   BIN       directory holding veil-agent, veil-ca and agentctl (default <repo>/bin)
 #   TOPOLOGY  pod list, lines "<pod> <node> <namespace> <serviceaccount> [options]"
 #             (default <repo>/scripts/demo-topology); options is a comma-separated
-#             list of "nomesh" and "nov6". A "nomesh" pod is built like any other
-#             (netns, veth, IPs, cgroup) but left out of workloads.yaml, so no agent
-#             enrolls it: its traffic is plain pod-to-pod, a baseline. A "nov6" pod has
-#             IPv6 disabled in its netns and only its IPv4 address.
+#             list of "nomesh", "nov6" and "nonet". A "nomesh" pod is built like any
+#             other (netns, veth, IPs, cgroup) but left out of workloads.yaml, so no
+#             agent enrolls it: its traffic is plain pod-to-pod, a baseline. A "nov6" pod
+#             has IPv6 disabled in its netns and only its IPv4 address. A "nonet" pod is
+#             a netns (IPv6 off) and a cgroup and nothing else, for CNI plugins to give
+#             it a network as a container runtime would; it is left out of
+#             workloads.yaml, having no address the cluster knows.
 #   POLICY    policy file the agents start with, copied to $STATE/policy.yaml (default:
 #             an empty one: every port PERMISSIVE, every connection allowed). Agents
 #             re-read $STATE/policy.yaml every 2 s: edit it to change policy. Each pod
@@ -124,11 +127,12 @@ cgroup_root() {
 # --- topology -----------------------------------------------------------------
 
 # POD_NAMES keeps file order; POD_NODE, POD_NS, POD_SA, POD_IP, POD_IP6 (empty for a
-# "nov6" pod), POD_OPTS (the options as written, comma-separated) and POD_MESH (1 if
-# the agents enroll the pod, 0 for a "nomesh" pod) are keyed by pod.
+# "nov6" pod; both empty for a "nonet" pod), POD_OPTS (the options as written,
+# comma-separated) and POD_MESH (1 if the agents enroll the pod, 0 for a "nomesh" or
+# "nonet" pod) are keyed by pod.
 POD_NAMES=()
 declare -A POD_NODE=() POD_NS=() POD_SA=() POD_IP=() POD_IP6=() POD_OPTS=() POD_MESH=()
-POD_OPTIONS="nomesh nov6"
+POD_OPTIONS="nomesh nov6 nonet"
 
 is_node() {
 	local n
@@ -168,7 +172,7 @@ load_topology() {
 		[[ -z $pod ]] && continue
 		[[ -n $sa && -z $extra ]] || die "$file:$n: $want"
 
-		mesh=1 v6=1
+		mesh=1 v6=1 net=1
 		if [[ -n $opts ]]; then
 			[[ $opts =~ ^[^,]+(,[^,]+)*$ ]] ||
 				die "$file:$n: pod '$pod': empty option in '$opts'; write options as e.g. 'nomesh,nov6'"
@@ -177,6 +181,7 @@ load_topology() {
 				case $opt in
 				nomesh) mesh=0 ;;
 				nov6) v6=0 ;;
+				nonet) net=0 mesh=0 v6=0 ;;
 				*) die "$file:$n: pod '$pod': unknown option '$opt' (options are: ${POD_OPTIONS// /, })" ;;
 				esac
 			done
@@ -201,6 +206,7 @@ load_topology() {
 		POD_OPTS[$pod]=$opts
 		POD_MESH[$pod]=$mesh
 		POD_IP[$pod]=10.244.$(node_num "$node").$((10 + count[$node]))
+		((net)) || POD_IP[$pod]=
 		if ((from_state)); then
 			# What up built: absent in a state file from before IPv6.
 			[[ $ip6 != - ]] || ip6=
@@ -382,7 +388,7 @@ write_pods_file() {
 	local pod
 	for pod in "${POD_NAMES[@]}"; do
 		printf '%s %s %s %s %s %s %s\n' "$pod" "${POD_NODE[$pod]}" "${POD_NS[$pod]}" \
-			"${POD_SA[$pod]}" "${POD_IP[$pod]}" "${POD_OPTS[$pod]:--}" "${POD_IP6[$pod]:--}"
+			"${POD_SA[$pod]}" "${POD_IP[$pod]:--}" "${POD_OPTS[$pod]:--}" "${POD_IP6[$pod]:--}"
 	done >"$STATE/pods"
 }
 
@@ -465,6 +471,11 @@ make_pod() {
 	nns=$(netns "$node")
 	n=$(node_num "$node")
 
+	if [[ -z $ip ]]; then
+		step "creating pod $pod on $node: netns and cgroup only, for CNI plugins to connect"
+		add_netns "$pod" "${V6_OFF[@]}"
+		return
+	fi
 	local v6desc=", no IPv6"
 	[[ -z $ip6 ]] || v6desc=" $ip6"
 	step "creating pod $pod ($ip$v6desc) on $node"
@@ -953,7 +964,8 @@ cmd_ca() {
 cmd_ip() {
 	(($# == 1)) || usage
 	load_topology
-	[[ -n ${POD_IP[$1]:-} ]] || die "no pod named '$1'"
+	[[ -n ${POD_NODE[$1]:-} ]] || die "no pod named '$1'"
+	[[ -n ${POD_IP[$1]} ]] || die "pod '$1' is nonet: its address is whatever its CNI plugins gave it"
 	printf '%s\n' "${POD_IP[$1]}"
 }
 

@@ -31,6 +31,7 @@ PACKAGES=(
 	stunnel4     # `make bench` only: the classic TLS tunnel veil is compared with
 	gnuplot-nox  # `make bench` only: the results chart
 	openssl      # `make bench` only: stunnel's throwaway certificate
+	containernetworking-plugins # bridge, host-local: the CNI chain the veil-cni test runs
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

@@ -52,12 +52,15 @@ type Source struct {
 	cluster, local, namespaces cache.SharedIndexInformer
 	pa, ap                     cache.SharedIndexInformer
 
-	mu     sync.Mutex
-	netns  map[podKey]string // found namespaces of this node's pods
-	warned map[string]bool   // problems logged already, by text
-	goodPA map[string]map[string]any
-	goodAP map[string]map[string]any
-	synced bool
+	mu    sync.Mutex
+	netns map[podKey]string // found namespaces of this node's pods
+	// cniAddrs are the addresses the CNI plugins gave this node's pods, by UID, for
+	// those the API has none for yet (see cni.go).
+	cniAddrs map[string][]netip.Addr
+	warned   map[string]bool // problems logged already, by text
+	goodPA   map[string]map[string]any
+	goodAP   map[string]map[string]any
+	synced   bool
 }
 
 // podKey is a pod at one address: the same name with a new UID or IP is another pod.
@@ -76,7 +79,8 @@ func New(cfg Config) *Source {
 	}
 	return &Source{
 		cfg: cfg, kick: make(chan struct{}, 1), netns: map[podKey]string{},
-		warned: map[string]bool{}, goodPA: map[string]map[string]any{},
+		cniAddrs: map[string][]netip.Addr{},
+		warned:   map[string]bool{}, goodPA: map[string]map[string]any{},
 		goodAP: map[string]map[string]any{},
 	}
 }
@@ -302,6 +306,9 @@ func (s *Source) workload(pod *corev1.Pod) (workloadfile.Workload, error) {
 	if w.Node == "" {
 		return w, fmt.Errorf("%s is not scheduled yet", name)
 	}
+	if len(w.IPs) == 0 && w.Node == s.cfg.Node {
+		w.IPs = s.cniAddrsOf(string(pod.UID))
+	}
 	if len(w.IPs) == 0 {
 		return w, fmt.Errorf("%s has no IP yet; it joins the mesh once it has one", name)
 	}
@@ -337,7 +344,8 @@ func (s *Source) netnsOf(pod *corev1.Pod, ip netip.Addr) (string, error) {
 	return path, nil
 }
 
-// forgetNetns drops what was found for pods that are gone.
+// forgetNetns drops what was found, and what the CNI plugins said, for pods that are
+// gone.
 func (s *Source) forgetNetns(pods []*corev1.Pod) {
 	live := map[string]bool{}
 	for _, pod := range pods {
@@ -348,6 +356,11 @@ func (s *Source) forgetNetns(pods []*corev1.Pod) {
 	for k := range s.netns {
 		if !live[k.uid] {
 			delete(s.netns, k)
+		}
+	}
+	for uid := range s.cniAddrs {
+		if !live[uid] {
+			delete(s.cniAddrs, uid)
 		}
 	}
 }

@@ -1,0 +1,84 @@
+package kubesource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// A pod's sandbox gets its addresses from the CNI plugins before the kubelet reports
+// them to the API. The veil CNI plugin passes them on (the agent's CNI endpoint calls
+// PodFromCNI, then SetCNIAddrs) so the pod is enrolled before its containers start;
+// until the API has addresses of its own for the pod, these stand in for them.
+
+// ErrUnknownPod is PodFromCNI's error for a pod this node's watch has not seen.
+var ErrUnknownPod = errors.New("pod not known to this node's watch of the API")
+
+// cniPollEvery is how often PodFromCNI looks in the cache for a pod the watch has not
+// delivered yet. A sandbox is set up right after the kubelet read the pod from the same
+// API, so the watch is usually there first or a few milliseconds behind.
+const cniPollEvery = 20 * time.Millisecond
+
+// PodFromCNI returns the pod of this node named namespace/name, and whether it is in
+// the mesh, once the node's watch has it; uid, if not empty, must match (the CNI
+// plugin's K8S_POD_UID), so a pod recreated under the same name is not mistaken for its
+// predecessor. It waits for the watch until ctx ends, then returns ErrUnknownPod.
+func (s *Source) PodFromCNI(ctx context.Context, namespace, name, uid string) (
+	pod *corev1.Pod, mesh bool, err error) {
+	if !s.Synced() {
+		return nil, false, fmt.Errorf("pod %s/%s: the agent has not read the API yet",
+			namespace, name)
+	}
+	t := time.NewTicker(cniPollEvery)
+	defer t.Stop()
+	for {
+		obj, ok, err := s.local.GetStore().GetByKey(namespace + "/" + name)
+		if err != nil {
+			return nil, false, err
+		}
+		if p, _ := obj.(*corev1.Pod); ok && p != nil && (uid == "" || string(p.UID) == uid) {
+			var nsLabels map[string]string
+			if obj, ok, _ := s.namespaces.GetStore().GetByKey(namespace); ok {
+				if ns, _ := obj.(*corev1.Namespace); ns != nil {
+					nsLabels = ns.Labels
+				}
+			}
+			return p, inMesh(p, nsLabels), nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false, fmt.Errorf("pod %s/%s (uid %q): %w", namespace, name, uid,
+				ErrUnknownPod)
+		case <-t.C:
+		}
+	}
+}
+
+// SetCNIAddrs records the addresses the CNI plugins gave pod uid, used while the API
+// reports none, and makes a new snapshot of the mesh at once. They are forgotten when
+// the pod leaves the mesh, or with ForgetCNI.
+func (s *Source) SetCNIAddrs(uid string, ips []netip.Addr) {
+	s.mu.Lock()
+	s.cniAddrs[uid] = ips
+	s.mu.Unlock()
+	s.poke()
+}
+
+// ForgetCNI drops what SetCNIAddrs recorded for pod uid: its sandbox is gone.
+func (s *Source) ForgetCNI(uid string) {
+	s.mu.Lock()
+	delete(s.cniAddrs, uid)
+	s.mu.Unlock()
+	s.poke()
+}
+
+// cniAddrsOf returns the addresses the CNI plugins gave pod uid, if any.
+func (s *Source) cniAddrsOf(uid string) []netip.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cniAddrs[uid]
+}
