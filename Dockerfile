@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # veil's images, two targets of one build:
 #
-#   docker build --target agent -t veil-agent:latest .   veil-agent and agentctl, with
-#                                                        iptables and iproute2
+#   docker build --target agent -t veil-agent:latest .   veil-agent, agentctl and veil-cni,
+#                                                        with iptables and iproute2
 #   docker build --target ca    -t veil-ca:latest .      veil-ca alone, as a non-root user
 #
 # Two images rather than one: the CA holds the root key and needs no iptables, no
@@ -25,7 +25,7 @@ COPY . .
 ARG VERSION=dev
 # bpf2go's output (.go and .o) is committed, so no clang is needed here.
 RUN go build -ldflags "-s -w -X main.version=${VERSION}" -o /out/ \
-	./cmd/veil-agent ./cmd/veil-ca ./cmd/agentctl
+	./cmd/veil-agent ./cmd/veil-ca ./cmd/agentctl ./cmd/veil-cni
 
 FROM debian:${DEBIAN}-slim AS agent
 # iptables: iptables-nft and iptables-nft-restore (and the ip6tables ones), which the
@@ -34,7 +34,8 @@ FROM debian:${DEBIAN}-slim AS agent
 RUN apt-get update \
 	&& apt-get install -y --no-install-recommends iptables iproute2 \
 	&& rm -rf /var/lib/apt/lists/*
-COPY --from=build /out/veil-agent /out/agentctl /usr/local/bin/
+# veil-cni: the DaemonSet's install-cni container copies it onto the node.
+COPY --from=build /out/veil-agent /out/agentctl /out/veil-cni /usr/local/bin/
 # Root: the agent runs privileged (deploy/agent.yaml says why).
 ENTRYPOINT ["/usr/local/bin/veil-agent"]
 

@@ -18,6 +18,10 @@
 //
 // The namespaces excluded by default are the ones whose pods must start for the agent
 // to: the agent's own and the cluster's system pods.
+//
+// Run from a shell, `veil-cni install` copies the plugin into the node's CNI plugin
+// directory and appends it to the runtime's CNI configuration (see install.go);
+// the DaemonSet does that with --watch, beside the agent.
 package main
 
 import (
@@ -30,6 +34,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -70,6 +75,13 @@ type k8sArgs struct {
 }
 
 func main() {
+	if os.Getenv("CNI_COMMAND") == "" {
+		// Not run by a container runtime: the installer's command line.
+		if err := installCommand().Execute(); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck},
 		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"),
 		"veil-cni: holds a pod until the node's veil agent has enrolled it")
