@@ -41,6 +41,7 @@
 // the other while the opposite direction keeps flowing, in both directions, until both
 // sides have finished. A reset or a failed tunnel becomes a TCP RST (SO_LINGER 0) or an
 // HTTP/2 RST_STREAM, never a clean EOF, so an app can tell a peer that finished from one
-// that failed. The HBONE server is written on the HTTP/2 framer for this: x/net/http2's
-// Server can end its half of a stream only by ending the whole stream.
+// that failed. Both ends of HBONE are written on the HTTP/2 framer for this, and for
+// memory: x/net/http2's Server can end its half of a stream only by ending the whole
+// stream, and its client holds a large send buffer for each stream's life.
 package tlsengine

@@ -14,7 +14,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"golang.org/x/net/http2"
 )
 
 // DefaultHBONEPort is the port HBONE servers listen on, as in Istio ambient.
@@ -102,8 +101,9 @@ type Engine struct {
 	rejectLog   zerolog.Logger // sampled: a peer can make one line per connection
 	dialTimeout time.Duration
 
-	h2client *http2.Transport
-	pool     *connPool
+	// pingAfter and pingTimeout are the client's health checks of HBONE servers.
+	pingAfter, pingTimeout time.Duration
+	pool                   *connPool
 
 	stats engineStats
 	conns connTable
@@ -119,11 +119,18 @@ func NewEngine(cfg Config) *Engine {
 		log:         cfg.Log,
 		rejectLog:   cfg.Log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second}),
 		dialTimeout: cfg.DialTimeout,
-		h2client:    newH2Transport(cfg.PingAfter, cfg.PingTimeout),
+		pingAfter:   cfg.PingAfter,
+		pingTimeout: cfg.PingTimeout,
 		pool:        newConnPool(cfg.MaxStreamsPerConn, cfg.PoolIdleTimeout),
 	}
 	if e.dialTimeout <= 0 {
 		e.dialTimeout = defaultDialTimeout
+	}
+	if e.pingAfter <= 0 {
+		e.pingAfter = DefaultPingAfter
+	}
+	if e.pingTimeout <= 0 {
+		e.pingTimeout = DefaultPingTimeout
 	}
 	e.conns.init()
 	return e

@@ -1,10 +1,7 @@
 package tlsengine
 
 import (
-	"net/http"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // HTTP/2 settings of HBONE, chosen for bulk throughput rather than for many small
@@ -51,27 +48,3 @@ const (
 	DefaultPingAfter   = 15 * time.Second
 	DefaultPingTimeout = 5 * time.Second
 )
-
-func newH2Transport(pingAfter, pingTimeout time.Duration) *http2.Transport {
-	if pingAfter <= 0 {
-		pingAfter = DefaultPingAfter
-	}
-	if pingTimeout <= 0 {
-		pingTimeout = DefaultPingTimeout
-	}
-	t1 := &http.Transport{HTTP2: &http.HTTP2Config{
-		MaxReadFrameSize:              int(h2MaxFrameSize),
-		MaxReceiveBufferPerStream:     h2StreamWindow,
-		MaxReceiveBufferPerConnection: h2ConnWindow,
-		SendPingTimeout:               pingAfter,
-		PingTimeout:                   pingTimeout,
-	}}
-	t2, err := http2.ConfigureTransports(t1)
-	if err != nil {
-		// ConfigureTransports fails only for a transport configured twice; t1 is new.
-		panic("configuring HTTP/2 transport: " + err.Error())
-	}
-	t2.MaxReadFrameSize = h2MaxFrameSize
-	t2.DisableCompression = true
-	return t2
-}

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http2"
 
 	"github.com/veil-mesh/veil/internal/testlog"
 )
@@ -309,3 +310,19 @@ func containsAll(s string, subs ...string) bool {
 }
 
 var _ x509svid.Source = (*rotatingSVID)(nil)
+
+// xnetClientConn connects to the mesh's HBONE server as workload a with x/net/http2's
+// own client: for requests the engine's client never makes, and as a second client
+// implementation the server must get along with.
+func (m *testMesh) xnetClientConn(ctx context.Context) (*http2.ClientConn, error) {
+	raw, err := dialTCP(ctx, netip.MustParseAddrPort(m.hboneAddr))
+	if err != nil {
+		return nil, err
+	}
+	tc := newBatchedClient(raw, m.client.clientTLS(m.a, idB))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = raw.Close()
+		return nil, err
+	}
+	return (&http2.Transport{}).NewClientConn(tc)
+}

@@ -4,25 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"sync"
+	"strconv"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // clientTunnel is the client end of one HBONE CONNECT stream.
 type clientTunnel struct {
-	e      *Engine
-	pc     *pooledConn
-	resp   *http.Response     // resp.Body carries the server's bytes
-	body   *io.PipeWriter     // carries ours; closing it ends the stream (END_STREAM)
-	sent   *notifyingBody     // the transport's end of body
-	cancel context.CancelFunc // resets the stream (RST_STREAM CANCEL)
+	e  *Engine
+	pc *pooledConn
+	st *h2Stream
 }
 
 // openTunnel opens an HBONE stream to dst through dst's HBONE server, which must prove
@@ -31,61 +28,61 @@ type clientTunnel struct {
 // first is heard without the client sending anything.
 func (e *Engine) openTunnel(w *Workload, src, dst netip.AddrPort,
 	peer spiffeid.ID) (*clientTunnel, error) {
-	ctx, cancel := context.WithCancel(context.Background())
 	key := poolKey{src: w, peer: peer, ip: dst.Addr()}
-	pc, err := e.pool.get(ctx, key, func(ctx context.Context) (*http2.ClientConn, error) {
-		return e.clientConn(ctx, w, dst.Addr(), peer)
-	})
-	if err != nil {
-		cancel()
-		return nil, err
+	fields := []hpack.HeaderField{
+		{Name: "forwarded", Value: forwardedFor(w.appAddr(src, dst.Addr()).Addr())},
 	}
-	cc := pc.cc
-
-	pr, pw := io.Pipe()
-	sent := &notifyingBody{PipeReader: pr, closed: make(chan struct{})}
-	req, err := http.NewRequestWithContext(ctx, http.MethodConnect, "http://"+dst.String(), sent)
-	if err != nil {
-		cancel()
+	var (
+		pc     *pooledConn
+		st     *h2Stream
+		status int
+		err    error
+	)
+	// A connection that went away between the pool's pick and the stream is left to
+	// finish its streams, and a stream the server refused unseen (it counted one of
+	// ours that had just ended, say) may be opened again: the tunnel tries again, twice.
+	for range 3 {
+		pc, err = e.pool.get(context.Background(), key,
+			func(ctx context.Context) (*h2Conn, error) {
+				return e.clientConn(ctx, w, dst.Addr(), peer)
+			})
+		if err != nil {
+			return nil, err
+		}
+		// The server answers after its own dial to the app, which it bounds the same
+		// way; the timeout keeps a server that never answers from holding the app.
+		st, status, err = pc.cc.openStream(dst.String(), fields, e.dialTimeout)
+		if !errors.Is(err, errConnGoingAway) && !errors.Is(err, errRefusedStream) {
+			break
+		}
 		e.pool.release(pc)
-		return nil, fmt.Errorf("building CONNECT request: %w", err)
 	}
-	req.Header.Set("Forwarded", forwardedFor(w.appAddr(src, dst.Addr()).Addr()))
-	req.Header["User-Agent"] = []string{""} // tells the transport to send none
-
-	// The server answers after its own dial to the app, which it bounds the same way;
-	// the timer keeps a server that never answers from holding the app forever.
-	timer := time.AfterFunc(e.dialTimeout, cancel)
-	resp, err := cc.RoundTrip(req)
-	connBroken := err != nil && !streamOnly(err)
-	if !timer.Stop() && err == nil {
-		err = fmt.Errorf("waiting for CONNECT answer: %w", context.DeadlineExceeded)
-		_ = resp.Body.Close()
+	if errors.Is(err, errConnGoingAway) || errors.Is(err, errRefusedStream) {
+		return nil, fmt.Errorf("sending CONNECT %s: %w", dst, err)
 	}
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("%w: %s", ErrTunnelRefused, resp.Status)
-		_ = resp.Body.Close()
+	if err == nil && status != http.StatusOK {
+		st.reset(http2.ErrCodeCancel)
+		err = fmt.Errorf("%w: %s", ErrTunnelRefused, strconv.Itoa(status)+" "+
+			http.StatusText(status))
 	}
 	if err != nil {
-		cancel()
-		_ = pw.Close()
-		if connBroken {
-			// In TLS 1.3 a server that refuses our certificate says so only after our
-			// handshake has finished: the first request is where that shows. No other
-			// tunnel may pick the connection before the transport notices.
-			e.pool.discard(pc)
-		} else {
+		if streamOnly(err) {
 			e.pool.release(pc)
+		} else {
+			// In TLS 1.3 a server that refuses our certificate says so only after our
+			// handshake has finished: the first stream is where that shows. No other
+			// tunnel may pick the connection.
+			e.pool.discard(pc)
 		}
 		return nil, fmt.Errorf("sending CONNECT %s: %w", dst, err)
 	}
-	return &clientTunnel{e: e, pc: pc, resp: resp, body: pw, sent: sent, cancel: cancel}, nil
+	return &clientTunnel{e: e, pc: pc, st: st}, nil
 }
 
 // clientConn makes a new HTTP/2 connection from w to the HBONE server at ip, which has
 // proven it holds the identity peer. The pool shares it between tunnels.
 func (e *Engine) clientConn(ctx context.Context, w *Workload, ip netip.Addr,
-	peer spiffeid.ID) (*http2.ClientConn, error) {
+	peer spiffeid.ID) (*h2Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.dialTimeout)
 	defer cancel()
 
@@ -110,92 +107,27 @@ func (e *Engine) clientConn(ctx context.Context, w *Workload, ip netip.Addr,
 		_ = tc.Close()
 		return nil, fmt.Errorf("%w: %s chose %q", ErrNotH2, addr, p)
 	}
-
-	cc, err := e.h2client.NewClientConn(tc)
-	if err != nil {
-		_ = tc.Close()
-		return nil, fmt.Errorf("starting HTTP/2 with %s: %w", addr, err)
-	}
-	return cc, nil
+	return e.startH2Client(tc, w, peer, addr), nil
 }
 
 // relay moves bytes between app and the tunnel until both directions are done and
-// returns how it ended.
-//
-// The server's END_STREAM half-closes app and our EOF from app ends the stream. A reset
-// stream, a refused stream or a broken connection resets app; a reset from app resets
-// the stream.
+// returns how it ended. The server's END_STREAM half-closes app and our EOF from app
+// ends the stream. A reset stream or a broken connection resets app; a reset from app
+// resets the stream (RST_STREAM CANCEL).
 func (t *clientTunnel) relay(app net.Conn, tr *tracked) string {
-	up := make(chan pumpResult, 1)
-	go func() {
-		r := pump(t.body, app, tr.addSent)
-		switch {
-		case r.clean():
-			_ = t.body.Close()
-		case r.readErr != nil:
-			_ = t.body.CloseWithError(r.readErr)
-			t.cancel()
-		}
-		// A write error means the transport stopped taking the body: the stream is
-		// over for sending, and there is nobody to tell.
-		up <- r
-	}()
-
-	down := pump(app, t.resp.Body, tr.addReceived)
-	if !down.clean() {
-		t.cancel()
-		reset(app)
-		<-up
-		return "received " + down.outcome()
-	}
-
-	// The server is done sending. Keep carrying the app's bytes for as long as the
-	// server takes them, until our END_STREAM.
-	closeWrite(app)
-	select {
-	case upRes := <-up:
-		if upRes.readErr != nil {
-			_ = app.Close()
-			return "sent " + upRes.outcome()
-		}
-		// The app's last bytes may still wait in the transport for the server's window:
-		// closing resp.Body now would reset the stream and lose them. The transport
-		// closes the body once it has sent END_STREAM, or given up.
-		<-t.sent.closed
-		_ = app.Close()
-	case <-t.sent.closed:
-		// The server will take no more; what the app still sends meets a RST.
-		_ = app.Close()
-		<-up
-	}
-	return "eof"
+	return relayH2(t.st, app, tr, http2.ErrCodeCancel)
 }
 
-// close ends the stream and gives it back to the pool.
+// close gives the stream back to the pool, resetting it if it is still open.
 func (t *clientTunnel) close() {
-	_ = t.resp.Body.Close()
-	t.cancel()
+	t.st.reset(http2.ErrCodeCancel)
 	t.e.pool.release(t.pc)
 }
 
-// notifyingBody is the request body as the transport sees it; closed is closed once the
-// transport has stopped reading it, at the end of the stream or when it was aborted.
-type notifyingBody struct {
-	*io.PipeReader
-	once   sync.Once
-	closed chan struct{}
-}
-
-func (b *notifyingBody) Close() error {
-	err := b.PipeReader.Close()
-	b.once.Do(func() { close(b.closed) })
-	return err
-}
-
-// streamOnly reports whether a failed request failed alone, leaving its connection good
-// for other tunnels: the server reset just this stream, or we gave up waiting.
+// streamOnly reports whether a failed stream failed alone, leaving its connection good
+// for other tunnels: the server reset or refused just this stream, or we gave up
+// waiting for its answer.
 func streamOnly(err error) bool {
-	var se http2.StreamError
-	return errors.As(err, &se) || errors.Is(err, context.Canceled) ||
-		errors.Is(err, context.DeadlineExceeded)
+	return errors.Is(err, errStreamReset) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, ErrTunnelRefused)
 }

@@ -219,21 +219,25 @@ func dialFailureStatus(err error) int {
 	return http.StatusBadGateway
 }
 
-// relayStream answers 200 and moves bytes between a CONNECT stream and app until both
-// directions are done, and returns how it ended.
-//
-// Each direction ends on its own, as in TCP: the client's END_STREAM half-closes app
-// (CloseWrite), and app's EOF becomes our END_STREAM while the client's bytes keep
-// flowing. A reset ends both: the client's RST_STREAM resets app (SO_LINGER 0), and an
-// app that resets, or fails to take the client's bytes, resets the stream with
-// CONNECT_ERROR (RFC 9113, section 8.5).
+// relayStream answers 200 and relays between a CONNECT stream and app (relayH2).
 func relayStream(st *h2Stream, app net.Conn, t *tracked) string {
 	if err := st.writeHeaders(http.StatusOK, nil); err != nil {
 		reset(app)
 		st.reset(http2.ErrCodeInternal)
 		return "answering 200: " + err.Error()
 	}
+	return relayH2(st, app, t, http2.ErrCodeConnect)
+}
 
+// relayH2 moves bytes between an HBONE stream and app, on either side of the tunnel,
+// until both directions are done, and returns how it ended.
+//
+// Each direction ends on its own, as in TCP: the peer's END_STREAM half-closes app
+// (CloseWrite), and app's EOF becomes our END_STREAM while the peer's bytes keep
+// flowing. A reset ends both: the peer's RST_STREAM resets app (SO_LINGER 0), and an
+// app that resets, or fails to take the peer's bytes, resets the stream with code: a
+// server says CONNECT_ERROR (RFC 9113, section 8.5), a client CANCEL.
+func relayH2(st *h2Stream, app net.Conn, t *tracked, code http2.ErrCode) string {
 	up := make(chan pumpResult, 1)
 	go func() {
 		res := pump(app, st, t.addReceived)
@@ -241,10 +245,10 @@ func relayStream(st *h2Stream, app net.Conn, t *tracked) string {
 		case res.clean():
 			closeWrite(app)
 		case res.writeErr != nil:
-			st.reset(http2.ErrCodeConnect)
+			st.reset(code)
 			reset(app)
 		default:
-			reset(app) // the client reset the stream, or the connection is gone
+			reset(app) // the peer reset the stream, or the connection is gone
 		}
 		up <- res
 	}()
@@ -257,10 +261,10 @@ func relayStream(st *h2Stream, app net.Conn, t *tracked) string {
 			reset(app)
 		}
 	case down.readErr != nil:
-		st.reset(http2.ErrCodeConnect)
+		st.reset(code)
 		reset(app)
 	default:
-		reset(app) // the client reset the stream, or the connection is gone
+		reset(app) // the peer reset the stream, or the connection is gone
 	}
 	upRes := <-up
 	_ = app.Close()

@@ -17,15 +17,19 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// The HBONE server speaks just enough HTTP/2 (RFC 9113) for CONNECT tunnels, on
-// x/net/http2's Framer and HPACK. x/net/http2's own Server cannot carry a half-closed
+// HBONE speaks just enough HTTP/2 (RFC 9113) for CONNECT tunnels, on x/net/http2's
+// Framer and HPACK, at both ends. x/net/http2's own Server cannot carry a half-closed
 // tunnel: it ends a stream only when its handler returns and then resets whatever the
-// client still sends. Here each stream ends its two directions independently, as TCP does.
+// client still sends. Here each stream ends its two directions independently, as TCP
+// does. Its Transport can, but through an io.Pipe per stream and a send buffer of up to
+// 512 KiB that each stream holds for its whole life, idle or not: 256 KiB per idle
+// tunnel at our frame size (BenchmarkIdleConnMemory). So the client is this connection
+// too, in its client role (hbone_client_conn.go): streams and flow control are the same.
 //
-// Goroutines of one connection: the reader (serve, which dispatches every frame and never
-// waits for a write, so the client's writes can always drain), one writer that owns the
-// framer's write side and the HPACK encoder, and two per stream (relayStream). All state
-// is under h2Conn.mu.
+// Goroutines of one connection: the reader (which dispatches every frame and never
+// waits for a write, so the peer's writes can always drain), one writer that owns the
+// framer's write side and the HPACK encoder, and two per stream (relayH2); a client's
+// also has its health check. All state is under h2Conn.mu.
 const (
 	// hboneMaxStreams caps the streams open at once on one connection: the least RFC 9113,
 	// section 6.5.2 recommends. Memory is bounded by the connection window, not by this.
@@ -53,10 +57,14 @@ const (
 var (
 	errConnClosed  = errors.New("HBONE connection closed")
 	errStreamReset = errors.New("stream reset")
-	errPeerGoAway  = errors.New("client sent GOAWAY")
-	errNoRequest   = errors.New("no CONNECT request in time")
-	errIdle        = errors.New("idle")
-	errWriterGone  = errors.New("HBONE connection writer stopped")
+	errPeerGoAway  = errors.New("peer sent GOAWAY")
+	errLocalClose  = errors.New("closed by this side")
+	// errRefusedStream: the peer did no work on the stream (RFC 9113, section 8.7), so
+	// a client may open it again.
+	errRefusedStream = fmt.Errorf("%w by peer: %s", errStreamReset, http2.ErrCodeRefusedStream)
+	errNoRequest     = errors.New("no CONNECT request in time")
+	errIdle          = errors.New("idle")
+	errWriterGone    = errors.New("HBONE connection writer stopped")
 )
 
 // h2Error is a connection error (RFC 9113, section 5.4.1): the connection is closed with
@@ -79,13 +87,16 @@ type h2Out struct {
 	done  chan error
 }
 
-// h2Conn is the server side of one HBONE connection.
+// h2Conn is one HBONE connection, the server's or the client's side of it.
 type h2Conn struct {
 	e      *Engine
 	w      *Workload
 	peer   spiffeid.ID
 	remote netip.AddrPort
 	conn   net.Conn // the TLS connection
+	// client is set on the client's side: it opens the streams (odd IDs), and the
+	// server answers each with HEADERS.
+	client bool
 	fr     *http2.Framer
 	bw     *bufio.Writer
 
@@ -108,9 +119,12 @@ type h2Conn struct {
 
 	peerInitialWindow int64
 	peerMaxFrame      uint32
-	sendWindow        int64 // the client's connection window for our DATA
-	recvWindow        int64 // what the client may still send on the connection
-	recvCredit        int64 // consumed by apps, not yet returned with WINDOW_UPDATE
+	peerMaxStreams    uint32 // the peer's SETTINGS_MAX_CONCURRENT_STREAMS
+	sendWindow        int64  // the client's connection window for our DATA
+	recvWindow        int64  // what the client may still send on the connection
+	recvCredit        int64  // consumed by apps, not yet returned with WINDOW_UPDATE
+
+	clientState // the client's side only
 }
 
 var (
@@ -133,6 +147,26 @@ func (e *Engine) serveH2(conn net.Conn, w *Workload, peer spiffeid.ID,
 		h2Writers.Put(bw)
 	}()
 
+	sc := newH2Conn(e, w, peer, remote, conn, br, bw)
+
+	// The client has one dial timeout to get its CONNECT answered (openTunnel); a client
+	// that has not asked by then never will.
+	_ = conn.SetReadDeadline(time.Now().Add(e.dialTimeout))
+	go sc.writeLoop()
+	sc.queue(func(fr *http2.Framer) error {
+		return writeSettings(fr, http2.Setting{ID: http2.SettingMaxConcurrentStreams,
+			Val: hboneMaxStreams})
+	}, nil)
+
+	err := sc.readPreface(br)
+	if err == nil {
+		err = sc.readFrames()
+	}
+	return sc.shutdown(err)
+}
+
+func newH2Conn(e *Engine, w *Workload, peer spiffeid.ID, remote netip.AddrPort,
+	conn net.Conn, br *bufio.Reader, bw *bufio.Writer) *h2Conn {
 	sc := &h2Conn{
 		e: e, w: w, peer: peer, remote: remote, conn: conn, bw: bw,
 		fr:                http2.NewFramer(bw, br),
@@ -140,6 +174,7 @@ func (e *Engine) serveH2(conn net.Conn, w *Workload, peer spiffeid.ID,
 		streams:           make(map[uint32]*h2Stream),
 		peerInitialWindow: h2DefaultWindow,
 		peerMaxFrame:      16 << 10,
+		peerMaxStreams:    hboneMaxStreams, // until the peer says otherwise
 		sendWindow:        h2DefaultWindow,
 		recvWindow:        h2ConnWindow,
 	}
@@ -149,29 +184,21 @@ func (e *Engine) serveH2(conn net.Conn, w *Workload, peer spiffeid.ID,
 	sc.fr.SetMaxReadFrameSize(h2MaxFrameSize)
 	sc.fr.MaxHeaderListSize = hboneMaxHeaderListSize
 	sc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil) // RFC 9113 default table size
+	return sc
+}
 
-	// The client has one dial timeout to get its CONNECT answered (openTunnel); a client
-	// that has not asked by then never will.
-	_ = conn.SetReadDeadline(time.Now().Add(e.dialTimeout))
-	go sc.writeLoop()
-	sc.queue(func(fr *http2.Framer) error {
-		err := fr.WriteSettings(
-			http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: hboneMaxStreams},
-			http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
-			http2.Setting{ID: http2.SettingMaxFrameSize, Val: h2MaxFrameSize},
-			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: hboneMaxHeaderListSize},
-		)
-		if err != nil {
-			return err
-		}
-		return fr.WriteWindowUpdate(0, h2ConnWindow-h2DefaultWindow)
-	}, nil)
-
-	err := sc.readPreface(br)
-	if err == nil {
-		err = sc.readFrames()
+// writeSettings writes our SETTINGS, with extra ones, and opens the connection window
+// to h2ConnWindow.
+func writeSettings(fr *http2.Framer, extra ...http2.Setting) error {
+	err := fr.WriteSettings(append([]http2.Setting{
+		{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
+		{ID: http2.SettingMaxFrameSize, Val: h2MaxFrameSize},
+		{ID: http2.SettingMaxHeaderListSize, Val: hboneMaxHeaderListSize},
+	}, extra...)...)
+	if err != nil {
+		return err
 	}
-	return sc.shutdown(err)
+	return fr.WriteWindowUpdate(0, h2ConnWindow-h2DefaultWindow)
 }
 
 // readPreface reads the client connection preface: the magic string, then SETTINGS
@@ -199,6 +226,9 @@ func (sc *h2Conn) readPreface(r io.Reader) error {
 func (sc *h2Conn) readFrames() error {
 	for {
 		f, err := sc.fr.ReadFrame()
+		if sc.client {
+			sc.lastRead.Store(time.Now().UnixNano()) // any frame shows the peer is there
+		}
 		if err != nil {
 			var se http2.StreamError
 			if !errors.As(err, &se) {
@@ -229,6 +259,9 @@ func (sc *h2Conn) readError(err error) error {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		sc.mu.Lock()
 		defer sc.mu.Unlock()
+		if sc.client {
+			return errLocalClose // the only deadline a client's reader gets
+		}
 		switch {
 		case !sc.sawHeaders:
 			return errNoRequest
@@ -257,11 +290,15 @@ func (sc *h2Conn) processFrame(f http2.Frame) error {
 		return sc.processSettings(f)
 	case *http2.PingFrame:
 		if f.IsAck() {
+			sc.pingAcked(f.Data)
 			return nil
 		}
 		data := f.Data
 		return sc.queueControl(func(fr *http2.Framer) error { return fr.WritePing(true, data) })
 	case *http2.GoAwayFrame:
+		if sc.client {
+			return sc.processGoAwayFromServer(f)
+		}
 		// The client opens no more streams; those open finish, then we close.
 		sc.mu.Lock()
 		defer sc.mu.Unlock()
@@ -271,7 +308,7 @@ func (sc *h2Conn) processFrame(f http2.Frame) error {
 		}
 		return nil
 	case *http2.PushPromiseFrame:
-		return connError(http2.ErrCodeProtocol, "PUSH_PROMISE from a client")
+		return connError(http2.ErrCodeProtocol, "PUSH_PROMISE, which HBONE does not use")
 	}
 	return nil // PRIORITY and unknown frames are ignored (RFC 9113, section 5.5)
 }
@@ -299,6 +336,8 @@ func (sc *h2Conn) processSettings(f *http2.SettingsFrame) error {
 			}
 		case http2.SettingMaxFrameSize:
 			sc.peerMaxFrame = s.Val
+		case http2.SettingMaxConcurrentStreams:
+			sc.peerMaxStreams = s.Val
 		case http2.SettingHeaderTableSize:
 			v := s.Val
 			sc.queueLocked(func(*http2.Framer) error {
@@ -315,6 +354,9 @@ func (sc *h2Conn) processSettings(f *http2.SettingsFrame) error {
 }
 
 func (sc *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
+	if sc.client {
+		return sc.processResponse(f)
+	}
 	id := f.StreamID
 	if id%2 == 0 {
 		return connError(http2.ErrCodeProtocol, "HEADERS on even stream %d", id)
@@ -451,7 +493,11 @@ func (sc *h2Conn) processReset(f *http2.RSTStreamFrame) error {
 		}
 		return nil
 	}
-	st.abortLocked(fmt.Errorf("%w by client: %s", errStreamReset, f.ErrCode))
+	if f.ErrCode == http2.ErrCodeRefusedStream {
+		st.abortLocked(errRefusedStream)
+		return nil
+	}
+	st.abortLocked(fmt.Errorf("%w by peer: %s", errStreamReset, f.ErrCode))
 	return nil
 }
 
@@ -463,7 +509,7 @@ func (sc *h2Conn) streamError(se http2.StreamError) error {
 		st.resetLocked(se.Code)
 		return nil
 	}
-	if se.StreamID > sc.maxStreamID {
+	if se.StreamID > sc.maxStreamID && !sc.client {
 		// A request so malformed that no stream was opened for it.
 		sc.maxStreamID = se.StreamID
 		sc.e.failed(Inbound)
@@ -495,6 +541,12 @@ func (sc *h2Conn) removeLocked(st *h2Stream) {
 	}
 	delete(sc.streams, st.id)
 	if len(sc.streams) > 0 {
+		return
+	}
+	if sc.client {
+		if sc.peerGoAway {
+			sc.closeLocked() // the server takes no new stream: nothing left to carry
+		}
 		return
 	}
 	d := hboneIdleTimeout
@@ -609,7 +661,8 @@ func (sc *h2Conn) shutdown(err error) error {
 	switch {
 	case errors.As(err, &he):
 		code = he.code
-	case errors.Is(err, errNoRequest), errors.Is(err, errIdle), errors.Is(err, errPeerGoAway):
+	case errors.Is(err, errNoRequest), errors.Is(err, errIdle), errors.Is(err, errPeerGoAway),
+		errors.Is(err, errLocalClose):
 	default:
 		goAway = false // the connection itself failed
 	}
@@ -620,6 +673,9 @@ func (sc *h2Conn) shutdown(err error) error {
 	}
 	if goAway {
 		last := sc.maxStreamID
+		if sc.client {
+			last = 0 // the streams a GOAWAY counts are the receiver's: a server opens none
+		}
 		sc.queueLocked(func(fr *http2.Framer) error {
 			return fr.WriteGoAway(last, code, nil)
 		}, nil)
@@ -634,7 +690,8 @@ func (sc *h2Conn) shutdown(err error) error {
 	sc.streamsWG.Wait()
 
 	switch {
-	case errors.Is(err, errIdle), errors.Is(err, errPeerGoAway), errors.Is(err, io.EOF):
+	case errors.Is(err, errIdle), errors.Is(err, errPeerGoAway), errors.Is(err, io.EOF),
+		errors.Is(err, errLocalClose):
 		return nil
 	}
 	return err

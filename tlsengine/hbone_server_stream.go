@@ -33,6 +33,8 @@ type h2Stream struct {
 	recvEnd    bool        // END_STREAM received
 	sendWindow int64       // the client's window for our DATA
 	sentEnd    bool        // END_STREAM queued
+	// status is the server's answer to a client's stream, once its HEADERS came.
+	status int
 
 	cur recvChunk // the chunk Read is taking bytes from; Read's goroutine only
 	off int

@@ -146,7 +146,7 @@ func TestHBONEConcurrentStreams(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	cc, err := m.client.clientConn(ctx, m.a, loopback, idB)
+	cc, err := m.xnetClientConn(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

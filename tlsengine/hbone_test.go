@@ -338,7 +338,7 @@ func TestHBONERefusesBadRequests(t *testing.T) {
 			failedBefore := counters(m.server, Inbound).Failed
 			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 			defer cancel()
-			cc, err := m.client.clientConn(ctx, m.a, loopback, idB)
+			cc, err := m.xnetClientConn(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"golang.org/x/net/http2"
 )
 
 // Pool defaults. 100 streams is what the HBONE server advertises as its concurrent stream
@@ -30,9 +29,8 @@ type poolKey struct {
 }
 
 // connPool shares HBONE connections between tunnels: each tunnel is one HTTP/2 stream,
-// and a connection carries up to maxStreams of them. A connection that breaks fails its
-// streams (the transport returns their errors) and is dropped from the pool; the next
-// tunnel builds a new one.
+// and a connection carries up to maxStreams of them. A connection that breaks resets
+// its streams and is dropped from the pool; the next tunnel builds a new one.
 type connPool struct {
 	maxStreams int
 	idle       time.Duration
@@ -54,7 +52,7 @@ type dialCall struct {
 
 type pooledConn struct {
 	key    poolKey
-	cc     *http2.ClientConn
+	cc     *h2Conn
 	active int         // streams handed out and not yet released
 	timer  *time.Timer // closes the connection once idle
 }
@@ -76,7 +74,7 @@ func newConnPool(maxStreams int, idle time.Duration) *connPool {
 // when none has room. Tunnels that arrive together while a dial is under way wait for it
 // rather than each dialing their own, so a burst shares connections from the start.
 func (p *connPool) get(ctx context.Context, key poolKey,
-	dial func(context.Context) (*http2.ClientConn, error)) (*pooledConn, error) {
+	dial func(context.Context) (*h2Conn, error)) (*pooledConn, error) {
 	for {
 		p.mu.Lock()
 		if pc := p.reserveLocked(key); pc != nil {
@@ -134,17 +132,16 @@ func (p *connPool) reserveLocked(key poolKey) *pooledConn {
 }
 
 func (p *connPool) reserveOnLocked(pc *pooledConn) bool {
-	if !pc.cc.ReserveNewRequest() {
+	if !pc.cc.reserveStream() {
 		// Either no new stream will ever fit (closed, or the server sent GOAWAY), and
 		// the connection leaves the pool; or it is full for now: the server's stream
-		// limit is lower than maxStreams, or streams this side reset still count
-		// against it until the server answers. Either way the streams it carries run
-		// to their end: the transport closes a GOAWAY'd connection after its last one,
-		// and the tunnel takes another connection.
-		if st := pc.cc.State(); st.Closed || st.Closing {
+		// limit is lower than maxStreams. Either way the streams it carries run to
+		// their end (a GOAWAY'd connection closes after its last one), and the tunnel
+		// takes another connection.
+		if pc.cc.goingAway() {
 			p.removeLocked(pc)
 			if pc.active == 0 {
-				go pc.cc.Close()
+				go pc.cc.close()
 			}
 		}
 		return false
@@ -174,7 +171,7 @@ func (p *connPool) release(pc *pooledConn) {
 		}
 		p.mu.Unlock()
 		if idle {
-			pc.cc.Close()
+			pc.cc.close()
 		}
 	})
 }
@@ -185,7 +182,7 @@ func (p *connPool) discard(pc *pooledConn) {
 	p.mu.Lock()
 	p.removeLocked(pc)
 	p.mu.Unlock()
-	pc.cc.Close()
+	pc.cc.close()
 }
 
 func (p *connPool) removeLocked(pc *pooledConn) {
@@ -238,6 +235,6 @@ func (p *connPool) closeFor(w *Workload) {
 	}
 	p.mu.Unlock()
 	for _, pc := range gone {
-		pc.cc.Close()
+		pc.cc.close()
 	}
 }
