@@ -401,11 +401,15 @@ func TestAdminGroupStartupErrors(t *testing.T) {
 		{"-1", "--admin-group -1: a gid is 0 to 4294967294"},
 		{"99999999999999999999", "--admin-group 99999999999999999999: a gid is 0 to"},
 	} {
+		// Paths in a directory of the test's own: were the check ever to come too late,
+		// what Run made on the way would not outlive the test.
+		dir := t.TempDir()
 		cfg := Config{
-			Node: "n1", WorkloadFile: "/nonexistent/w.yaml", Cgroup: "/nonexistent/cgroup",
-			PinDir: "/nonexistent/bpffs", AdminSocket: filepath.Join(t.TempDir(), "agent.sock"),
-			CAAddr: "127.0.0.1:1", CARoot: "/nonexistent/root.pem",
-			NodeTokenFile: "/nonexistent/token", AdminGroup: tc.group,
+			Node: "n1", WorkloadFile: filepath.Join(dir, "w.yaml"),
+			Cgroup: filepath.Join(dir, "cgroup"), PinDir: filepath.Join(dir, "bpffs"),
+			AdminSocket: filepath.Join(dir, "agent.sock"), CAAddr: "127.0.0.1:1",
+			CARoot: filepath.Join(dir, "root.pem"), NodeTokenFile: filepath.Join(dir, "token"),
+			AdminGroup: tc.group,
 		}
 		err := Run(t.Context(), cfg, zerolog.Nop())
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
