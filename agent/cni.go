@@ -24,8 +24,8 @@ import (
 // enroll the pod: it never starts unprotected.
 const cniWait = 30 * time.Second
 
-// cniPollEvery is how often an ADD looks whether the pod has been enrolled.
-const cniPollEvery = 20 * time.Millisecond
+// enrollPollEvery is how often an ADD looks whether the pod has been enrolled.
+const enrollPollEvery = 20 * time.Millisecond
 
 // cniAdd enrolls a pod for the CNI plugin, or says it is not in the mesh.
 func (a *Agent) cniAdd(w http.ResponseWriter, r *http.Request) {
@@ -61,7 +61,7 @@ func (a *Agent) cniAdd(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, cni.Response{})
 		return
 	}
-	src.SetCNIAddrs(string(pod.UID), req.IPs)
+	src.SetCNIAddrs(string(pod.UID), req.ContainerID, req.IPs)
 	id, err := a.waitEnrolled(ctx, req)
 	if err != nil {
 		log.Warn().Err(err).Msg("CNI: pod not enrolled; the kubelet will try its sandbox again")
@@ -76,7 +76,8 @@ func (a *Agent) cniAdd(w http.ResponseWriter, r *http.Request) {
 // returns its identity. It gives up at ctx's end with why the pod is not enrolled.
 func (a *Agent) waitEnrolled(ctx context.Context, req cni.Request) (string, error) {
 	name := req.Namespace + "/" + req.Name
-	t := time.NewTicker(cniPollEvery)
+	start := time.Now()
+	t := time.NewTicker(enrollPollEvery)
 	defer t.Stop()
 	for {
 		a.mu.Lock()
@@ -107,7 +108,8 @@ func (a *Agent) waitEnrolled(ctx context.Context, req cni.Request) (string, erro
 			if why == nil {
 				why = errors.New("the agent has not taken it up")
 			}
-			return "", fmt.Errorf("pod %s not enrolled within %s: %w", name, cniWait, why)
+			return "", fmt.Errorf("pod %s not enrolled after %s: %w", name,
+				time.Since(start).Round(time.Millisecond), why)
 		case <-t.C:
 		}
 	}
@@ -121,7 +123,7 @@ func (a *Agent) cniDel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if src := a.kube.Load(); src != nil && req.UID != "" {
-		src.ForgetCNI(req.UID)
+		src.ForgetCNI(req.UID, req.ContainerID)
 	}
 	writeJSON(w, cni.Response{})
 }
@@ -129,9 +131,8 @@ func (a *Agent) cniDel(w http.ResponseWriter, r *http.Request) {
 // cniRequest reads a cni.Request, answering 400 for one that is unusable.
 func (a *Agent) cniRequest(w http.ResponseWriter, r *http.Request) (cni.Request, bool) {
 	var req cni.Request
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	// Unknown fields are let be: the plugin on a node may be newer than its agent.
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
 		http.Error(w, "reading the CNI request: "+err.Error(), http.StatusBadRequest)
 		return req, false
 	}

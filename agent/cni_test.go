@@ -21,8 +21,6 @@ func TestCNIEndpointRefusals(t *testing.T) {
 		want             string
 	}{
 		{"not JSON", cni.AddPath, `{"namespace": `, http.StatusBadRequest, "reading the CNI request"},
-		{"unknown field", cni.AddPath, `{"namespace": "shop", "name": "a", "pod": 1}`,
-			http.StatusBadRequest, `unknown field "pod"`},
 		{"no pod", cni.AddPath, `{"ips": ["10.0.0.1"]}`, http.StatusBadRequest,
 			"K8S_POD_NAMESPACE and K8S_POD_NAME"},
 		{"no addresses", cni.AddPath, `{"namespace": "shop", "name": "a"}`, http.StatusBadRequest,

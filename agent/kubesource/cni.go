@@ -41,37 +41,50 @@ func (s *Source) PodFromCNI(ctx context.Context, namespace, name, uid string) (
 			return nil, false, err
 		}
 		if p, _ := obj.(*corev1.Pod); ok && p != nil && (uid == "" || string(p.UID) == uid) {
-			var nsLabels map[string]string
-			if obj, ok, _ := s.namespaces.GetStore().GetByKey(namespace); ok {
-				if ns, _ := obj.(*corev1.Namespace); ns != nil {
-					nsLabels = ns.Labels
-				}
+			// The namespace's labels decide unless the pod's own do; a namespace the
+			// watch has not delivered yet is waited for like the pod, never taken for
+			// one without the label: that would let a mesh pod start unprotected.
+			nsObj, nsOK, _ := s.namespaces.GetStore().GetByKey(namespace)
+			if ns, _ := nsObj.(*corev1.Namespace); nsOK && ns != nil {
+				return p, inMesh(p, ns.Labels), nil
 			}
-			return p, inMesh(p, nsLabels), nil
+			if _, podDecides := p.Labels[MeshLabel]; podDecides || p.Spec.HostNetwork {
+				return p, inMesh(p, nil), nil
+			}
 		}
 		select {
 		case <-ctx.Done():
-			return nil, false, fmt.Errorf("pod %s/%s (uid %q): %w", namespace, name, uid,
-				ErrUnknownPod)
+			return nil, false, fmt.Errorf("pod %s/%s (uid %q) or its namespace: %w",
+				namespace, name, uid, ErrUnknownPod)
 		case <-t.C:
 		}
 	}
 }
 
-// SetCNIAddrs records the addresses the CNI plugins gave pod uid, used while the API
-// reports none, and makes a new snapshot of the mesh at once. They are forgotten when
-// the pod leaves the mesh, or with ForgetCNI.
-func (s *Source) SetCNIAddrs(uid string, ips []netip.Addr) {
+// cniSandbox is what the CNI plugins said of a pod's sandbox.
+type cniSandbox struct {
+	containerID string
+	ips         []netip.Addr
+}
+
+// SetCNIAddrs records the addresses the CNI plugins gave sandbox containerID of pod uid,
+// used while the API reports none, and makes a new snapshot of the mesh at once. They
+// are forgotten when the pod leaves the mesh, or with ForgetCNI.
+func (s *Source) SetCNIAddrs(uid, containerID string, ips []netip.Addr) {
 	s.mu.Lock()
-	s.cniAddrs[uid] = ips
+	s.cniAddrs[uid] = cniSandbox{containerID, ips}
 	s.mu.Unlock()
 	s.poke()
 }
 
-// ForgetCNI drops what SetCNIAddrs recorded for pod uid: its sandbox is gone.
-func (s *Source) ForgetCNI(uid string) {
+// ForgetCNI drops what SetCNIAddrs recorded for sandbox containerID of pod uid: it is
+// gone. A DEL of an older sandbox of the pod, which a runtime may repeat, leaves the
+// current one's addresses alone.
+func (s *Source) ForgetCNI(uid, containerID string) {
 	s.mu.Lock()
-	delete(s.cniAddrs, uid)
+	if s.cniAddrs[uid].containerID == containerID {
+		delete(s.cniAddrs, uid)
+	}
 	s.mu.Unlock()
 	s.poke()
 }
@@ -80,5 +93,5 @@ func (s *Source) ForgetCNI(uid string) {
 func (s *Source) cniAddrsOf(uid string) []netip.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cniAddrs[uid]
+	return s.cniAddrs[uid].ips
 }

@@ -56,7 +56,7 @@ type Source struct {
 	netns map[podKey]string // found namespaces of this node's pods
 	// cniAddrs are the addresses the CNI plugins gave this node's pods, by UID, for
 	// those the API has none for yet (see cni.go).
-	cniAddrs map[string][]netip.Addr
+	cniAddrs map[string]cniSandbox
 	warned   map[string]bool // problems logged already, by text
 	goodPA   map[string]map[string]any
 	goodAP   map[string]map[string]any
@@ -79,7 +79,7 @@ func New(cfg Config) *Source {
 	}
 	return &Source{
 		cfg: cfg, kick: make(chan struct{}, 1), netns: map[podKey]string{},
-		cniAddrs: map[string][]netip.Addr{},
+		cniAddrs: map[string]cniSandbox{},
 		warned:   map[string]bool{}, goodPA: map[string]map[string]any{},
 		goodAP: map[string]map[string]any{},
 	}

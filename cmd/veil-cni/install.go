@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -143,6 +144,13 @@ func runUninstall(o installOpts, log io.Writer) error {
 // copySelf puts this binary in dir as veil-cni, replacing any older one in one rename:
 // a runtime running the plugin meanwhile runs the old file or the new, never half of one.
 func copySelf(dir string) error {
+	if err := copyFile(dir); err != nil {
+		return fmt.Errorf("copying veil-cni into --cni-bin-dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+func copyFile(dir string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -154,7 +162,7 @@ func copySelf(dir string) error {
 	defer src.Close()
 	tmp, err := os.CreateTemp(dir, ".veil-cni-")
 	if err != nil {
-		return fmt.Errorf("--cni-bin-dir %s: %w", dir, err)
+		return err
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := io.Copy(tmp, src); err != nil {
@@ -174,7 +182,9 @@ func copySelf(dir string) error {
 var errNoConf = errors.New("no CNI configuration")
 
 // primaryConf returns the configuration file the runtime uses: the first, by name, of
-// the .conf, .conflist and .json files in dir.
+// the .conf, .conflist and .json files in dir, as containerd picks it (CRI-O too,
+// unless its cni_default_network names another). A symbolic link counts, as it does
+// for the runtime.
 func primaryConf(dir string) (string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -183,8 +193,9 @@ func primaryConf(dir string) (string, error) {
 	for _, e := range entries { // ReadDir sorts by name
 		switch filepath.Ext(e.Name()) {
 		case ".conf", ".conflist", ".json":
-			if e.Type().IsRegular() {
-				return filepath.Join(dir, e.Name()), nil
+			path := filepath.Join(dir, e.Name())
+			if st, err := os.Stat(path); err == nil && !st.IsDir() {
+				return path, nil
 			}
 		}
 	}
@@ -192,7 +203,8 @@ func primaryConf(dir string) (string, error) {
 }
 
 // chainInto makes sure the runtime's configuration in dir ends with veil-cni, asking
-// the agent at agentSocket, and returns the file and whether it changed it.
+// the agent at agentSocket, and returns the file and whether it changed it. An entry
+// already there keeps its other settings (excludeNamespaces) wherever it was.
 func chainInto(dir, agentSocket string) (string, bool, error) {
 	path, err := primaryConf(dir)
 	if err != nil {
@@ -201,6 +213,12 @@ func chainInto(dir, agentSocket string) (string, bool, error) {
 	conf, err := readConf(path)
 	if err != nil {
 		return path, false, err
+	}
+	v, _ := conf["cniVersion"].(string)
+	if !slices.Contains(supportedVersions, v) {
+		return path, false, fmt.Errorf("%s declares cniVersion %q, which veil-cni does not "+
+			"speak (it speaks %s): veil-cni was not chained, so pods are not held for the "+
+			"agent", path, v, strings.Join(supportedVersions, ", "))
 	}
 	out := path
 	plugins, isList := conf["plugins"].([]any)
@@ -212,15 +230,23 @@ func chainInto(dir, agentSocket string) (string, bool, error) {
 		plugins = []any{single}
 		out = strings.TrimSuffix(path, filepath.Ext(path)) + ".conflist"
 	}
-	entry := map[string]any{"type": pluginType, "agentSocket": agentSocket}
-	i := slices.IndexFunc(plugins, isVeil)
-	switch {
-	case i == len(plugins)-1 && plugins[i].(map[string]any)["agentSocket"] == agentSocket:
-		return path, false, nil
-	case i >= 0:
-		plugins = slices.Delete(plugins, i, i+1) // moved to the end, where it must be
+
+	entry := map[string]any{"type": pluginType}
+	n := 0
+	for _, p := range plugins {
+		if isVeil(p) {
+			if n == 0 {
+				entry = p.(map[string]any)
+			}
+			n++
+		}
 	}
-	conf["plugins"] = append(plugins, entry)
+	last := len(plugins) > 0 && isVeil(plugins[len(plugins)-1])
+	if n == 1 && last && entry["agentSocket"] == agentSocket {
+		return path, false, nil
+	}
+	entry["agentSocket"] = agentSocket
+	conf["plugins"] = append(slices.DeleteFunc(plugins, isVeil), entry)
 	if err := writeConf(out, conf); err != nil {
 		return out, false, err
 	}
@@ -243,17 +269,27 @@ func readConf(path string) (map[string]any, error) {
 		return nil, err
 	}
 	var conf map[string]any
-	if err := json.Unmarshal(data, &conf); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber() // numbers come back as written, however large
+	if err := dec.Decode(&conf); err != nil {
 		return nil, fmt.Errorf("%s is not a CNI configuration: %w", path, err)
 	}
 	return conf, nil
 }
 
-// writeConf replaces path with conf in one rename, so the runtime never reads half.
+// writeConf replaces path (the file a symbolic link at path leads to) with conf in one
+// rename, so the runtime never reads half, keeping the file's mode.
 func writeConf(path string, conf map[string]any) error {
 	data, err := json.MarshalIndent(conf, "", "  ")
 	if err != nil {
 		return err
+	}
+	mode := os.FileMode(0o644)
+	if target, err := filepath.EvalSymlinks(path); err == nil {
+		path = target
+		if st, err := os.Stat(target); err == nil {
+			mode = st.Mode().Perm()
+		}
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".veil-cni-conf-")
 	if err != nil {
@@ -264,7 +300,7 @@ func writeConf(path string, conf map[string]any) error {
 		tmp.Close()
 		return err
 	}
-	if err := tmp.Chmod(0o644); err != nil {
+	if err := tmp.Chmod(mode); err != nil {
 		tmp.Close()
 		return err
 	}

@@ -102,11 +102,18 @@ func TestInstallChainsIntoTheFirstConfiguration(t *testing.T) {
 	// new agent socket moves it too.
 	moved := strings.Replace(string(before), `"type": "portmap"`, `"type": "portmap2"`, 1)
 	var m map[string]any
-	_ = json.Unmarshal([]byte(moved), &m)
+	if err := json.Unmarshal([]byte(moved), &m); err != nil {
+		t.Fatal(err)
+	}
 	pl := m["plugins"].([]any)
 	m["plugins"] = []any{pl[2], pl[0], pl[1]} // veil-cni first
-	data, _ := json.Marshal(m)
-	_ = os.WriteFile(first, data, 0o644)
+	data, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(first, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	args[len(args)-1] = "/var/run/veil/agent.sock"
 	if out, err := runInstaller(t, args...); err != nil {
 		t.Fatalf("install over a reordered chain: %v\n%s", err, out)
@@ -228,5 +235,76 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 			t.Fatalf("no %s within 10s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// install edits what the runtime reads and nothing else of it: through a symbolic link,
+// keeping the file's mode, numbers as written and the settings of a veil-cni entry an
+// operator changed, and leaving one entry where it found two.
+func TestInstallKeepsWhatItFinds(t *testing.T) {
+	bin, conf, store := t.TempDir(), t.TempDir(), t.TempDir()
+	real := filepath.Join(store, "calico.conflist")
+	body := `{"cniVersion": "0.3.1", "name": "k8s-pod-network", "plugins": [
+	  {"type": "calico", "mtu": 9007199254740993},
+	  {"type": "veil-cni", "agentSocket": "/old.sock", "excludeNamespaces": ["batch"]},
+	  {"type": "portmap"},
+	  {"type": "veil-cni"}]}`
+	if err := os.WriteFile(real, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(conf, "10-calico.conflist")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(conf, "99-loopback.conf"),
+		[]byte(`{"cniVersion": "1.0.0", "name": "lo", "type": "loopback"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runInstaller(t, "install", "--cni-bin-dir", bin, "--cni-conf-dir", conf,
+		"--agent-socket", "/run/veil/agent.sock")
+	if err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	if st, err := os.Lstat(link); err != nil || st.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("the link was replaced: %v, %v", st, err)
+	}
+	data, err := os.ReadFile(real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "9007199254740993") {
+		t.Errorf("a large number changed:\n%s", data)
+	}
+	got := readJSON(t, real)
+	if types := strings.Join(pluginTypes(got), ","); types != "calico,portmap,veil-cni" {
+		t.Errorf("plugins: %s, want one veil-cni, last", types)
+	}
+	veil := got["plugins"].([]any)[2].(map[string]any)
+	if veil["agentSocket"] != "/run/veil/agent.sock" || len(veil["excludeNamespaces"].([]any)) != 1 {
+		t.Errorf("veil-cni's entry: %v, want the operator's excludeNamespaces kept", veil)
+	}
+	if st, _ := os.Stat(real); st.Mode().Perm() != 0o600 {
+		t.Errorf("the file's mode became %v", st.Mode().Perm())
+	}
+	if d, _ := os.ReadFile(filepath.Join(conf, "99-loopback.conf")); strings.Contains(string(d), "veil") {
+		t.Errorf("install chained into a file the runtime does not use")
+	}
+}
+
+// A configuration in a CNI version veil-cni does not speak is left alone, with an
+// error that says pods are not held.
+func TestInstallRefusesAnUnknownVersion(t *testing.T) {
+	bin, conf := t.TempDir(), t.TempDir()
+	path := filepath.Join(conf, "10-x.conflist")
+	if err := os.WriteFile(path, []byte(`{"cniVersion": "0.2.0", "name": "x", "plugins": [{"type": "x"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runInstaller(t, "install", "--cni-bin-dir", bin, "--cni-conf-dir", conf)
+	if err == nil || !strings.Contains(out, `declares cniVersion "0.2.0", which veil-cni does not speak`) ||
+		!strings.Contains(out, "pods are not held") {
+		t.Errorf("install over a 0.2.0 configuration: %v\n%s", err, out)
+	}
+	if d, _ := os.ReadFile(path); strings.Contains(string(d), "veil") {
+		t.Errorf("the configuration was changed: %s", d)
 	}
 }

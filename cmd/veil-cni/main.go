@@ -58,6 +58,10 @@ const (
 
 var defaultExclude = []string{"kube-system", "veil-system"}
 
+// supportedVersions are the CNI versions veil-cni speaks: those the network plugins it
+// is chained behind write (0.3.1 is still common: flannel, Calico, kindnet).
+var supportedVersions = []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+
 // netConf is the plugin's configuration.
 type netConf struct {
 	types.NetConf
@@ -83,7 +87,7 @@ func main() {
 		return
 	}
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck},
-		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"),
+		version.PluginSupports(supportedVersions...),
 		"veil-cni: holds a pod until the node's veil agent has enrolled it")
 }
 
@@ -198,8 +202,8 @@ func post(socket, path string, req cni.Request) (*cni.Response, error) {
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("no veil agent answers at %s; the pod waits until the "+
-				"node's agent runs (kubectl -n veil-system get pods -l app.kubernetes.io/name=veil-agent)",
-				socket)
+				"node's agent runs (kubectl -n veil-system get pods "+
+				"-l app.kubernetes.io/name=veil-agent)", socket)
 		}
 		return nil, fmt.Errorf("asking the veil agent at %s: %w", socket, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -96,14 +97,14 @@ const podArgs = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-0;K8S_
 
 // fakeAgent answers the CNI paths on a Unix socket with status and body, and records
 // the requests.
-func fakeAgent(t *testing.T, status int, body string) (string, *[]cni.Request) {
+func fakeAgent(t *testing.T, status int, body string) (string, *requests) {
 	t.Helper()
 	socket := filepath.Join(t.TempDir(), "agent.sock")
 	ln, err := net.Listen("unix", socket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var reqs []cni.Request
+	reqs := &requests{}
 	mux := http.NewServeMux()
 	handle := func(w http.ResponseWriter, r *http.Request) {
 		var req cni.Request
@@ -111,7 +112,7 @@ func fakeAgent(t *testing.T, status int, body string) (string, *[]cni.Request) {
 			t.Errorf("the plugin sent a body that is not a request: %v", err)
 		}
 		req.ContainerID += " " + r.URL.Path // which path it came to
-		reqs = append(reqs, req)
+		reqs.add(req)
 		w.WriteHeader(status)
 		_, _ = w.Write([]byte(body))
 	}
@@ -120,7 +121,25 @@ func fakeAgent(t *testing.T, status int, body string) (string, *[]cni.Request) {
 	srv := &http.Server{Handler: mux}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	return socket, &reqs
+	return socket, reqs
+}
+
+// requests are what a fakeAgent was sent; its server's goroutines add to them.
+type requests struct {
+	mu   sync.Mutex
+	reqs []cni.Request
+}
+
+func (r *requests) add(req cni.Request) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reqs = append(r.reqs, req)
+}
+
+func (r *requests) list() []cni.Request {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.reqs)
 }
 
 func TestAddEnrolsThroughTheAgent(t *testing.T) {
@@ -129,8 +148,8 @@ func TestAddEnrolsThroughTheAgent(t *testing.T) {
 	want := cni.Request{Namespace: "shop", Name: "cart-0", UID: "u-1",
 		ContainerID: "sandbox1 " + cni.AddPath, Netns: "/run/netns/x",
 		IPs: []netip.Addr{netip.MustParseAddr("10.244.1.200"), netip.MustParseAddr("fd00:10:244:1::c8")}}
-	if len(*reqs) != 1 || !equalRequest((*reqs)[0], want) {
-		t.Errorf("the agent got %+v, want one %+v", *reqs, want)
+	if got := reqs.list(); len(got) != 1 || !equalRequest(got[0], want) {
+		t.Errorf("the agent got %+v, want one %+v", got, want)
 	}
 }
 
@@ -185,8 +204,8 @@ func TestAddNeedsThePreviousResult(t *testing.T) {
 	if !strings.Contains(e.Details, "chained plugin") {
 		t.Errorf("error %+v, want one saying veil-cni goes after the plugins that give addresses", e)
 	}
-	if len(*reqs) != 0 {
-		t.Errorf("the agent was asked %+v", *reqs)
+	if got := reqs.list(); len(got) != 0 {
+		t.Errorf("the agent was asked %+v", got)
 	}
 	e = runPlugin(t, "ADD", podArgs, []byte(`{"cniVersion": "1.0.0", "type": `)).cniError(t)
 	if e.Code != types.ErrDecodingFailure {
@@ -200,8 +219,9 @@ func TestDel(t *testing.T) {
 	if o := runPlugin(t, "DEL", podArgs, conf(socket, "")); o.err != nil {
 		t.Fatalf("DEL: %v: %s", o.err, o.stdout)
 	}
-	if len(*reqs) != 1 || (*reqs)[0].ContainerID != "sandbox1 "+cni.DelPath || (*reqs)[0].UID != "u-1" {
-		t.Errorf("the agent got %+v, want one DEL for u-1", *reqs)
+	if got := reqs.list(); len(got) != 1 || got[0].ContainerID != "sandbox1 "+cni.DelPath ||
+		got[0].UID != "u-1" {
+		t.Errorf("the agent got %+v, want one DEL for u-1", got)
 	}
 	if o := runPlugin(t, "DEL", podArgs, conf(filepath.Join(t.TempDir(), "none"), "")); o.err != nil {
 		t.Errorf("DEL with no agent: %v: %s", o.err, o.stdout)
@@ -212,5 +232,30 @@ func TestVersion(t *testing.T) {
 	o := runPlugin(t, "VERSION", "", []byte(`{"cniVersion": "1.0.0"}`))
 	if o.err != nil || !strings.Contains(string(o.stdout), `"1.1.0"`) {
 		t.Errorf("VERSION: %v: %s", o.err, o.stdout)
+	}
+}
+
+// Chains that network plugins still write in CNI 0.3.1 are served, excluded
+// namespaces included, ADD and DEL alike.
+func TestVersion031(t *testing.T) {
+	socket, reqs := fakeAgent(t, http.StatusOK, `{"mesh": true}`)
+	conf031 := func(sock string) []byte {
+		return []byte(`{"cniVersion": "0.3.1", "name": "k8s", "type": "veil-cni", "agentSocket": "` +
+			sock + `", "prevResult": {"cniVersion": "0.3.1", "interfaces": [{"name": "eth0"}],
+			"ips": [{"version": "4", "address": "10.244.1.200/24", "interface": 0}]}}`)
+	}
+	o := runPlugin(t, "ADD", podArgs, conf031(socket))
+	if o.err != nil || !strings.Contains(string(o.stdout), "10.244.1.200/24") {
+		t.Fatalf("ADD with 0.3.1: %v: %s", o.err, o.stdout)
+	}
+	if got := reqs.list(); len(got) != 1 || got[0].IPs[0].String() != "10.244.1.200" {
+		t.Errorf("the agent got %+v", got)
+	}
+	down := filepath.Join(t.TempDir(), "none")
+	for _, cmd := range []string{"ADD", "DEL"} {
+		o := runPlugin(t, cmd, "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-1", conf031(down))
+		if o.err != nil {
+			t.Errorf("%s of a kube-system pod with 0.3.1: %v: %s", cmd, o.err, o.stdout)
+		}
 	}
 }

@@ -1,0 +1,106 @@
+package kubesource
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// cniSource is a source whose watches have listed (their caches are filled by hand):
+// what PodFromCNI reads. The watches themselves run against a real API server in e2e
+// TestKubernetesDiscovery.
+func cniSource(t *testing.T) *Source {
+	t.Helper()
+	s := New(Config{Node: "n1"})
+	s.local = cache.NewSharedIndexInformer(&cache.ListWatch{}, &corev1.Pod{}, 0, cache.Indexers{})
+	s.namespaces = cache.NewSharedIndexInformer(&cache.ListWatch{}, &corev1.Namespace{}, 0,
+		cache.Indexers{})
+	s.synced = true
+	return s
+}
+
+func addObj(t *testing.T, inf cache.SharedIndexInformer, obj any) {
+	t.Helper()
+	if err := inf.GetStore().Add(obj); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func cniPod(labels map[string]string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart-0",
+		UID: "u-1", Labels: labels}, Spec: corev1.PodSpec{NodeName: "n1"}}
+}
+
+func TestPodFromCNI(t *testing.T) {
+	meshNS := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop",
+		Labels: map[string]string{MeshLabel: MeshEnabled}}}
+	short := func() context.Context {
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}
+
+	t.Run("in the mesh by its namespace", func(t *testing.T) {
+		s := cniSource(t)
+		addObj(t, s.local, cniPod(nil))
+		addObj(t, s.namespaces, meshNS)
+		pod, mesh, err := s.PodFromCNI(short(), "shop", "cart-0", "u-1")
+		if err != nil || !mesh || pod.UID != "u-1" {
+			t.Errorf("PodFromCNI = %v, %v, %v; want the pod, in the mesh", pod, mesh, err)
+		}
+	})
+	t.Run("another pod of that name", func(t *testing.T) {
+		s := cniSource(t)
+		addObj(t, s.local, cniPod(nil))
+		addObj(t, s.namespaces, meshNS)
+		if _, _, err := s.PodFromCNI(short(), "shop", "cart-0", "u-2"); !errors.Is(err, ErrUnknownPod) {
+			t.Errorf("a UID the cache does not have: %v, want ErrUnknownPod", err)
+		}
+	})
+	t.Run("namespace not in the cache yet", func(t *testing.T) {
+		s := cniSource(t)
+		addObj(t, s.local, cniPod(nil))
+		if _, mesh, err := s.PodFromCNI(short(), "shop", "cart-0", ""); !errors.Is(err, ErrUnknownPod) {
+			t.Errorf("PodFromCNI = mesh %v, %v; want ErrUnknownPod, not a guess", mesh, err)
+		}
+		// The namespace's watch delivers it while the plugin waits.
+		go func() {
+			time.Sleep(3 * cniPollEvery)
+			_ = s.namespaces.GetStore().Add(meshNS)
+		}()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		if _, mesh, err := s.PodFromCNI(ctx, "shop", "cart-0", ""); err != nil || !mesh {
+			t.Errorf("once the namespace came: mesh %v, %v", mesh, err)
+		}
+	})
+	t.Run("the pod's label decides alone", func(t *testing.T) {
+		s := cniSource(t)
+		addObj(t, s.local, cniPod(map[string]string{MeshLabel: MeshDisabled}))
+		if _, mesh, err := s.PodFromCNI(short(), "shop", "cart-0", ""); err != nil || mesh {
+			t.Errorf("a pod that opted out: mesh %v, %v", mesh, err)
+		}
+	})
+}
+
+// A DEL of an older sandbox of the pod leaves the current sandbox's addresses.
+func TestForgetCNIOnlyItsSandbox(t *testing.T) {
+	s := cniSource(t)
+	ip := []netip.Addr{netip.MustParseAddr("10.244.1.200")}
+	s.SetCNIAddrs("u-1", "sandbox-2", ip)
+	s.ForgetCNI("u-1", "sandbox-1")
+	if got := s.cniAddrsOf("u-1"); !slices.Equal(got, ip) {
+		t.Errorf("after a DEL of an older sandbox: %v, want %v", got, ip)
+	}
+	s.ForgetCNI("u-1", "sandbox-2")
+	if got := s.cniAddrsOf("u-1"); got != nil {
+		t.Errorf("after the sandbox's own DEL: %v", got)
+	}
+}
