@@ -3,7 +3,6 @@ package tlsengine
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -290,14 +289,20 @@ func counters(e *Engine, d Direction) Counters { return e.Stats().ByDirection[d]
 // counters seen if it never does.
 func waitCounters(t testing.TB, e *Engine, d Direction, want Counters, cmpBytes bool) {
 	t.Helper()
-	var got Counters
-	eventually(t, fmt.Sprintf("%s counters %+v", d, want), func() bool {
-		got = counters(e, d)
+	deadline := time.Now().Add(testTimeout)
+	for {
+		got := counters(e, d)
 		if !cmpBytes {
 			got.BytesSent, got.BytesReceived = 0, 0
 		}
-		return got == want
-	})
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s counters %+v after %s, want %+v", d, got, testTimeout, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func containsAll(s string, subs ...string) bool {

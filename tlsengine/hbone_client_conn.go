@@ -2,6 +2,7 @@ package tlsengine
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -28,6 +29,7 @@ type clientState struct {
 	reserved     int   // streams the pool promised to tunnels, not opened yet
 	localClose   bool  // close was called
 	failErr      error // why the health check gave up on the server
+	endErr       error // what ended the reader, once shutdown ran
 }
 
 var (
@@ -108,6 +110,14 @@ func (sc *h2Conn) reserveStream() bool {
 	return true
 }
 
+// reserveFirst promises the connection's first stream to the tunnel that dialed it,
+// even if the connection has already failed: openStream then says why.
+func (sc *h2Conn) reserveFirst() {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	sc.reserved++
+}
+
 // goingAway reports whether the connection takes no new stream, ever.
 func (sc *h2Conn) goingAway() bool {
 	sc.mu.Lock()
@@ -120,6 +130,20 @@ func (sc *h2Conn) goingAwayLocked() bool {
 		sc.failErr != nil
 }
 
+// goneErrLocked says why a connection that takes no new stream does not:
+// errConnGoingAway when it is winding down in order (a GOAWAY, or closed by this side),
+// so that a tunnel may take another; the error that broke it otherwise, which a new
+// connection to the same server would likely meet as well.
+func (sc *h2Conn) goneErrLocked() error {
+	switch err := cmp.Or(sc.failErr, sc.writeErr, sc.endErr); {
+	case err == nil, errors.Is(err, errPeerGoAway), errors.Is(err, errLocalClose),
+		errors.Is(err, errIdle):
+		return errConnGoingAway
+	default:
+		return fmt.Errorf("%w: %w", errConnClosed, err)
+	}
+}
+
 // openStream opens a reserved stream with a CONNECT request for authority and fields,
 // and waits until the server answers it, until timeout. It returns the stream and the
 // server's status; the caller resets a stream it does not use. An error that is
@@ -129,8 +153,9 @@ func (sc *h2Conn) openStream(authority string, fields []hpack.HeaderField,
 	sc.mu.Lock()
 	sc.reserved--
 	if sc.goingAwayLocked() {
+		err := sc.goneErrLocked()
 		sc.mu.Unlock()
-		return nil, 0, errConnGoingAway
+		return nil, 0, err
 	}
 	id := sc.nextStreamID
 	sc.nextStreamID += 2

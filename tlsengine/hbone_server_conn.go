@@ -668,6 +668,7 @@ func (sc *h2Conn) shutdown(err error) error {
 	}
 
 	sc.mu.Lock()
+	sc.endErr = err
 	for _, st := range sc.streams {
 		st.abortLocked(fmt.Errorf("%w: %w", errConnClosed, err))
 	}

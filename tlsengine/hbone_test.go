@@ -548,8 +548,12 @@ func TestHBONERejectsCertificatesOutOfTime(t *testing.T) {
 		expectReset(t, m.dial(app.addr))
 		waitCounters(t, m.server, Inbound, Counters{Failed: 1}, true)
 		// NotBefore is kept in whole seconds, so the wait reads 9m59s or 10m0s.
-		logs := m.serverLogs.String()
 		const prefix = `"certTime":"client certificate not valid for another `
+		// The server counts the failure just before it logs it.
+		eventually(t, "the server logging the rejection", func() bool {
+			return strings.Contains(m.serverLogs.String(), prefix)
+		})
+		logs := m.serverLogs.String()
 		i := strings.Index(logs, prefix)
 		if i < 0 || !strings.Contains(logs, "HBONE client rejected") {
 			t.Fatalf("server logs do not say how long until the client's certificate is valid:\n%s", logs)

@@ -38,7 +38,10 @@ type connPool struct {
 	mu      sync.Mutex
 	conns   map[poolKey][]*pooledConn
 	dialing map[poolKey]*dialCall
-	opened  uint64 // connections made since start, for Stats
+	// draining are connections out of the pool that still carry streams: the server
+	// sent GOAWAY. They count in Stats, and closeFor closes them too.
+	draining map[*pooledConn]bool
+	opened   uint64 // connections made since start, for Stats
 }
 
 // dialCall is a dial in progress; done is closed when it has finished, with err set if it
@@ -67,6 +70,7 @@ func newConnPool(maxStreams int, idle time.Duration) *connPool {
 	return &connPool{
 		maxStreams: maxStreams, idle: idle,
 		conns: map[poolKey][]*pooledConn{}, dialing: map[poolKey]*dialCall{},
+		draining: map[*pooledConn]bool{},
 	}
 }
 
@@ -109,14 +113,15 @@ func (p *connPool) get(ctx context.Context, key poolKey,
 			return nil, err
 		}
 		p.opened++
-		pc := &pooledConn{key: key, cc: cc}
+		// The dialing tunnel has the new connection's first stream, whatever becomes
+		// of the connection meanwhile: a server that refuses our certificate says so
+		// only once the handshake is over (TLS 1.3), and the tunnel is where that
+		// error must show, rather than in another dial.
+		pc := &pooledConn{key: key, cc: cc, active: 1}
+		cc.reserveFirst()
 		p.conns[key] = append(p.conns[key], pc)
-		reserved := p.reserveOnLocked(pc)
 		p.mu.Unlock()
-		if reserved {
-			return pc, nil
-		}
-		// The new connection died before its first stream: dial again.
+		return pc, nil
 	}
 }
 
@@ -142,6 +147,8 @@ func (p *connPool) reserveOnLocked(pc *pooledConn) bool {
 			p.removeLocked(pc)
 			if pc.active == 0 {
 				go pc.cc.close()
+			} else {
+				p.draining[pc] = true
 			}
 		}
 		return false
@@ -161,6 +168,11 @@ func (p *connPool) release(pc *pooledConn) {
 	defer p.mu.Unlock()
 	pc.active--
 	if pc.active > 0 {
+		return
+	}
+	if p.draining[pc] {
+		delete(p.draining, pc)
+		go pc.cc.close()
 		return
 	}
 	pc.timer = time.AfterFunc(p.idle, func() {
@@ -220,6 +232,10 @@ func (p *connPool) stats() PoolStats {
 			s.Streams += pc.active
 		}
 	}
+	for pc := range p.draining {
+		s.Connections++
+		s.Streams += pc.active
+	}
 	return s
 }
 
@@ -231,6 +247,12 @@ func (p *connPool) closeFor(w *Workload) {
 		if key.src == w {
 			gone = append(gone, list...)
 			delete(p.conns, key)
+		}
+	}
+	for pc := range p.draining {
+		if pc.key.src == w {
+			gone = append(gone, pc)
+			delete(p.draining, pc)
 		}
 	}
 	p.mu.Unlock()

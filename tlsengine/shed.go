@@ -30,6 +30,10 @@ type fdReserve struct {
 	fd int // -1 when not held
 	// held is fd >= 0, readable without the lock on every accept.
 	held atomic.Bool
+	// sock says the reserve is a socket a shed kept (see shed), not /dev/null. A socket
+	// pins the network namespace it was made in, a pod's that may be deleted, so it is
+	// swapped for /dev/null as soon as a descriptor is free.
+	sock atomic.Bool
 }
 
 var reserve = fdReserve{fd: -1}
@@ -37,7 +41,7 @@ var reserve = fdReserve{fd: -1}
 // hold takes the reserve descriptor if it is not held. While the process has none to
 // spare it fails quietly; it is tried again after each accept and each connection's end.
 func (r *fdReserve) hold() {
-	if r.held.Load() {
+	if r.held.Load() && !r.sock.Load() {
 		return
 	}
 	r.mu.Lock()
@@ -46,14 +50,19 @@ func (r *fdReserve) hold() {
 }
 
 func (r *fdReserve) holdLocked() {
-	if r.fd >= 0 {
+	if r.fd >= 0 && !r.sock.Load() {
 		return
 	}
 	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err == nil {
-		r.fd = fd
-		r.held.Store(true)
+	if err != nil {
+		return
 	}
+	if r.fd >= 0 {
+		_ = unix.Close(r.fd) // the socket a shed kept
+	}
+	r.fd = fd
+	r.held.Store(true)
+	r.sock.Store(false)
 }
 
 // maxShedBatch bounds the connections one shed call resets, so one listener under a
@@ -101,13 +110,25 @@ func (r *fdReserve) shed(ln net.Listener) int {
 				// Taken in the instant it was free, or the connection went away.
 				r.fd = -1
 				r.held.Store(false)
+				r.sock.Store(false)
+				r.holdLocked()
+				return
+			}
+			if err := disconnect(fd); err != nil {
+				// Reset it the other way, at the cost of the descriptor.
+				_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER,
+					&unix.Linger{Onoff: 1, Linger: 0})
+				_ = unix.Close(fd)
+				n++
+				r.fd = -1
+				r.held.Store(false)
+				r.sock.Store(false)
 				r.holdLocked()
 				return
 			}
 			r.fd = fd
-			if disconnect(fd) == nil {
-				n++
-			}
+			r.sock.Store(true)
+			n++
 		}
 	})
 	return n
