@@ -240,7 +240,7 @@ func relayStream(st *h2Stream, app net.Conn, t *tracked) string {
 func relayH2(st *h2Stream, app net.Conn, t *tracked, code http2.ErrCode) string {
 	up := make(chan pumpResult, 1)
 	go func() {
-		res := pump(app, st, t.addReceived)
+		res := st.writeTo(app, t.addReceived)
 		switch {
 		case res.clean():
 			closeWrite(app)

@@ -11,9 +11,10 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// h2Stream is one CONNECT stream of an h2Conn. Its two directions end independently:
-// the client's END_STREAM ends Read with io.EOF, closeSend ends ours, and a reset on
-// either side ends both. Read and Write are each used by one goroutine at a time.
+// h2Stream is one CONNECT stream of an h2Conn, on either side. Its two directions end
+// independently: the peer's END_STREAM ends writeTo cleanly, closeSend ends ours, and a
+// reset on either side ends both. writeTo and Write are each used by one goroutine at a
+// time.
 type h2Stream struct {
 	sc     *h2Conn
 	id     uint32
@@ -27,17 +28,14 @@ type h2Stream struct {
 
 	// Under sc.mu.
 	err        error       // why the stream was aborted
-	recv       []recvChunk // the client's bytes, not yet read
-	recvWindow int64       // what the client may still send
-	recvCredit int64       // read but not yet returned with WINDOW_UPDATE
+	recv       []recvChunk // the peer's bytes, not yet written to the app
+	recvWindow int64       // what the peer may still send
+	recvCredit int64       // written but not yet returned with WINDOW_UPDATE
 	recvEnd    bool        // END_STREAM received
-	sendWindow int64       // the client's window for our DATA
+	sendWindow int64       // the peer's window for our DATA
 	sentEnd    bool        // END_STREAM queued
 	// status is the server's answer to a client's stream, once its HEADERS came.
 	status int
-
-	cur recvChunk // the chunk Read is taking bytes from; Read's goroutine only
-	off int
 }
 
 // recvChunk is a pooled buffer holding n bytes of the client's DATA.
@@ -58,7 +56,7 @@ func (sc *h2Conn) newStreamLocked(id uint32) *h2Stream {
 	return st
 }
 
-// appendLocked copies the client's bytes into the stream's buffer; the connection and
+// appendLocked copies the peer's bytes into the stream's buffer; the connection and
 // stream windows bound how much it can hold. Bytes that arrive while nothing waits to be
 // read start in a small chunk, as a request of a chatty protocol does; more go to large
 // ones.
@@ -89,58 +87,10 @@ func (st *h2Stream) endRecvLocked() error {
 	return nil
 }
 
-// Read returns the client's bytes as the app is ready for them, and only then gives the
-// window back, so a slow app slows the client down instead of filling our memory.
-func (st *h2Stream) Read(p []byte) (int, error) {
-	sc := st.sc
-	sc.mu.Lock()
-	for st.cur.buf == nil && len(st.recv) == 0 && !st.recvEnd && st.err == nil {
-		st.cond.Wait()
-	}
-	if st.err != nil {
-		if st.cur.buf != nil {
-			sc.creditConnLocked(int64(st.cur.n - st.off)) // dropped, like the rest
-		}
-		err := st.err
-		sc.mu.Unlock()
-		st.dropCur()
-		return 0, err
-	}
-	if st.cur.buf == nil {
-		if len(st.recv) == 0 {
-			sc.mu.Unlock()
-			return 0, io.EOF
-		}
-		// Take the chunk out, so appendLocked never writes to the one being read.
-		st.cur, st.off = st.recv[0], 0
-		st.recv[0] = recvChunk{}
-		st.recv = st.recv[1:]
-	}
-	sc.mu.Unlock()
-
-	n := copy(p, (*st.cur.buf)[st.off:st.cur.n])
-	st.off += n
-	if st.off == st.cur.n {
-		st.dropCur()
-	}
-
-	sc.mu.Lock()
-	st.creditLocked(int64(n))
-	sc.mu.Unlock()
-	return n, nil
-}
-
-func (st *h2Stream) dropCur() {
-	if st.cur.buf != nil {
-		putBuf(st.cur.buf)
-		st.cur = recvChunk{}
-	}
-}
-
-// writeTo is pump for a stream: it writes the client's bytes to dst straight from the
-// chunks they arrived in, so the direction needs no copy buffer of its own and holds
-// none while the client is quiet. As with Read, a chunk's window goes back once dst has
-// taken it.
+// writeTo is pump for a stream's receiving direction: it writes the peer's bytes to dst
+// straight from the chunks they arrived in, so the direction needs no copy buffer of
+// its own and holds none while the peer is quiet. A chunk's window goes back only once
+// dst has taken it, so a slow app slows the peer down instead of filling our memory.
 func (st *h2Stream) writeTo(dst io.Writer, count func(int)) pumpResult {
 	sc := st.sc
 	for {

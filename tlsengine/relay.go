@@ -79,9 +79,6 @@ func (r pumpResult) outcome() string {
 // an HTTP/2 stream) is read into a small buffer while it is quiet, and into a large one
 // from a read that filled the small one until a read that drains it.
 func pump(dst io.Writer, src io.Reader, count func(int)) pumpResult {
-	if st, ok := src.(*h2Stream); ok {
-		return st.writeTo(dst, count)
-	}
 	var rc syscall.RawConn
 	if sc, ok := src.(syscall.Conn); ok {
 		rc, _ = sc.SyscallConn()
