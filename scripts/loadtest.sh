@@ -15,9 +15,9 @@
 #   settle     idle again
 #   churn      new connections at --rate per second (1 KB each way, then closed), at most
 #              32 in flight, for --churn seconds
-#   cooldown   idle again: pooled HBONE connections close after 60 s idle, and pooled relay
-#              buffers are freed by the second garbage collection an idle agent is
-#              forced to run (every 2 min), so memory needs about 4 minutes
+#   cooldown   idle again: pooled HBONE connections close after 60 s idle (the server's
+#              side after 2 min), and an idle agent collects garbage every 2 min, so
+#              memory needs about 4 minutes
 # and reports whether descriptors, goroutines and memory returned to the baseline.
 #
 # Writes results.md (the table), results.json, samples-node{1,2}.jsonl, phases.jsonl,
