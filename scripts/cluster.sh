@@ -448,7 +448,10 @@ make_nodes() {
 		n=$(node_num "$node")
 		ns=$(netns "$node")
 		step "creating bridge cni0 10.244.$n.1/24 $POD_NET6:$n::1/64 in $ns"
-		ip -n "$ns" link add cni0 type bridge
+		# An address of its own: a bridge left to pick one takes the lowest of its ports'
+		# and changes it when a port with a lower one joins (a pod a CNI plugin adds),
+		# leaving every pod's neighbour entry for the gateway stale for seconds.
+		ip -n "$ns" link add cni0 address "$(printf '02:00:0a:f4:%02x:01' "$n")" type bridge
 		ip -n "$ns" addr add "10.244.$n.1/24" dev cni0
 		ip -n "$ns" -6 addr add "$POD_NET6:$n::1/64" dev cni0 nodad
 		ip -n "$ns" link set cni0 up
