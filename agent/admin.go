@@ -147,9 +147,14 @@ func (a *Agent) warnUnreachable(path string, gid int) {
 		if err != nil {
 			return
 		}
+		// The group's members are not the owner (root), and the kernel asks the group
+		// bits of a directory the group owns, the others' bits of any other.
 		perm := st.Mode().Perm()
-		sys, ok := st.Sys().(*syscall.Stat_t)
-		if perm&0o001 == 0 && !(ok && int(sys.Gid) == gid && perm&0o010 != 0) {
+		searchable := perm&0o001 != 0
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Gid) == gid {
+			searchable = perm&0o010 != 0
+		}
+		if !searchable {
 			a.log.Warn().Str(fieldSocket, path).Str(fieldFile, dir).
 				Msg("the admin group cannot reach the admin socket: make the directory " +
 					"searchable by it (chgrp and chmod g+x, or chmod o+x)")

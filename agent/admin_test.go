@@ -170,12 +170,24 @@ func TestHandoffSocketIgnoresAdminGroup(t *testing.T) {
 func TestAdminGroupWarnsOfUnreachableDirectory(t *testing.T) {
 	requireRoot(t)
 	for _, tc := range []struct {
-		name string
-		mode os.FileMode
-		warn bool
-	}{{"private directory", 0o700, true}, {"searchable directory", 0o755, false}} {
+		name    string
+		mode    os.FileMode
+		groupOf bool // the directory is the admin group's
+		warn    bool
+	}{
+		{"private directory", 0o700, false, true},
+		{"searchable directory", 0o755, false, false},
+		{"the group's directory", 0o750, true, false},
+		// Others may search it, but the kernel asks the group bits of the group's members.
+		{"the group's directory closed to it", 0o701, true, true},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := searchableTempDir(t)
+			if tc.groupOf {
+				if err := os.Chown(dir, -1, testAdminGID); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if err := os.Chmod(dir, tc.mode); err != nil {
 				t.Fatal(err)
 			}

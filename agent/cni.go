@@ -9,10 +9,10 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/veil-mesh/veil/agent/cni"
+	"github.com/veil-mesh/veil/agent/kubesource"
 )
 
 // The CNI endpoint answers the veil CNI plugin (cmd/veil-cni), which asks the agent to
@@ -98,7 +98,8 @@ func (a *Agent) waitEnrolled(ctx context.Context, req cni.Request) (string, erro
 		}
 		if why == nil {
 			for _, p := range problems {
-				if strings.Contains(p.Error(), "pod "+name+" ") {
+				var pe *kubesource.PodError
+				if errors.As(p, &pe) && pe.Namespace == req.Namespace && pe.Name == req.Name {
 					why = p
 				}
 			}

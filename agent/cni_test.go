@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/veil-mesh/veil/agent/cni"
+	"github.com/veil-mesh/veil/agent/kubesource"
 )
 
 // The CNI endpoint refuses what it cannot act on, each with what to do about it. Its
@@ -39,5 +43,23 @@ func TestCNIEndpointRefusals(t *testing.T) {
 				t.Errorf("%s: %d %q, want %d and %q", tc.path, code, body, tc.code, tc.want)
 			}
 		})
+	}
+}
+
+// A pod the agent leaves out of the mesh is held no longer than the ADD's deadline, and
+// the runtime hears why: the problem of that pod, not of a pod whose name starts alike.
+func TestCNIWaitNamesWhyNotEnrolled(t *testing.T) {
+	a := &Agent{workloads: map[string]*workload{}, problems: []error{
+		&kubesource.PodError{Namespace: "shop", Name: "ab",
+			Err: errors.New("pod shop/ab has no IP yet")},
+		&kubesource.PodError{Namespace: "shop", Name: "a",
+			Err: errors.New("pod shop/a: address 10.0.0.1 is pod shop/b's too")},
+	}}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*enrollPollEvery)
+	defer cancel()
+	_, err := a.waitEnrolled(ctx, cni.Request{Namespace: "shop", Name: "a",
+		IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}})
+	if err == nil || !strings.Contains(err.Error(), "is pod shop/b's too") {
+		t.Errorf("waiting for shop/a: %v, want the address it shares with shop/b", err)
 	}
 }

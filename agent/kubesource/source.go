@@ -256,7 +256,8 @@ func (s *Source) workloads(namespaces listerscorev1.NamespaceLister) (
 			err = claim(taken, w)
 		}
 		if err != nil {
-			problems = append(problems, err)
+			problems = append(problems, &PodError{Namespace: pod.Namespace, Name: pod.Name,
+				Err: err})
 			missing = missing || (pod.Spec.NodeName == s.cfg.Node && errors.Is(err, errNoNetns))
 			continue
 		}
@@ -264,6 +265,15 @@ func (s *Source) workloads(namespaces listerscorev1.NamespaceLister) (
 	}
 	return f, problems, missing
 }
+
+// PodError is why a pod is left out of the mesh. Its message names the pod already.
+type PodError struct {
+	Namespace, Name string
+	Err             error
+}
+
+func (e *PodError) Error() string { return e.Err.Error() }
+func (e *PodError) Unwrap() error { return e.Err }
 
 var errNoNetns = errors.New("no network namespace on this node holds its address yet")
 
