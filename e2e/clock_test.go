@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,4 +57,24 @@ func (c *cluster) waitLog(t *testing.T, node, want string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// logSince returns the lines of a node's agent log stamped at since's second or later,
+// for a failure message.
+func (c *cluster) logSince(t *testing.T, node string, since time.Time) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(c.state, node, "agent.log"))
+	if err != nil {
+		return err.Error()
+	}
+	var out strings.Builder
+	for line := range strings.Lines(string(b)) {
+		var entry struct {
+			Time time.Time `json:"time"`
+		}
+		if json.Unmarshal([]byte(line), &entry) == nil && !entry.Time.Before(since.Truncate(time.Second)) {
+			out.WriteString(line)
+		}
+	}
+	return out.String()
 }
