@@ -28,6 +28,7 @@ type clientState struct {
 	nextStreamID uint32
 	reserved     int   // streams the pool promised to tunnels, not opened yet
 	localClose   bool  // close was called
+	idsUsedUp    bool  // no stream ID is left for another stream (idsExhaustedLocked)
 	failErr      error // why the health check gave up on the server
 	endErr       error // what ended the reader, once shutdown ran
 }
@@ -98,16 +99,34 @@ func (sc *h2Conn) readServerPreface() error {
 }
 
 // reserveStream promises the caller a stream on the connection, which openStream then
-// takes. It fails when the connection is going away (see closingOrClosed) or has no
-// room under the server's stream limit.
+// takes. It fails when the connection is going away (goingAwayLocked), has no room under
+// the server's stream limit, or has used up its stream IDs.
 func (sc *h2Conn) reserveStream() bool {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	if sc.goingAwayLocked() || len(sc.streams)+sc.reserved >= int(sc.peerMaxStreams) {
 		return false
 	}
+	if sc.idsExhaustedLocked() {
+		// A connection busy for long enough never idles out, so it would open streams
+		// until their IDs ran past 2^31-1, which fails the connection and every stream
+		// on it. It goes away in order instead, as after a GOAWAY: its streams run to
+		// their end, it closes after the last (the pool drains it), and tunnels take a
+		// new connection.
+		sc.idsUsedUp = true
+		return false
+	}
 	sc.reserved++
 	return true
+}
+
+// maxStreamID is the largest stream ID (RFC 9113, 5.1.1).
+const maxStreamID = 1<<31 - 1
+
+// idsExhaustedLocked reports whether one more reserved stream would need an ID past
+// maxStreamID.
+func (sc *h2Conn) idsExhaustedLocked() bool {
+	return int64(sc.nextStreamID)+2*int64(sc.reserved) > maxStreamID
 }
 
 // reserveFirst promises the connection's first stream to the tunnel that dialed it,
@@ -126,8 +145,8 @@ func (sc *h2Conn) goingAway() bool {
 }
 
 func (sc *h2Conn) goingAwayLocked() bool {
-	return sc.peerGoAway || sc.closing || sc.localClose || sc.writeErr != nil ||
-		sc.failErr != nil
+	return sc.peerGoAway || sc.closing || sc.localClose || sc.idsUsedUp ||
+		sc.writeErr != nil || sc.failErr != nil
 }
 
 // goneErrLocked says why a connection that takes no new stream does not:

@@ -3,6 +3,7 @@ package tlsengine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -185,4 +186,54 @@ func TestPoolWaitersShareAFailedDial(t *testing.T) {
 	if n := dials.Load(); n != 1 {
 		t.Fatalf("%d dials for 5 tunnels to one dead peer, want 1", n)
 	}
+}
+
+// A connection that has used up its stream IDs goes away in order: the tunnels on it keep
+// moving bytes, new tunnels take a new connection, and it closes after its last stream.
+func TestPoolConnectionOutOfStreamIDsDrains(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = io.Copy(c, c) })
+	echo := func(c net.Conn, what string) {
+		t.Helper()
+		if err := echoWithin(c, []byte{'x'}, testTimeout); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	first := m.dial(app.addr)
+	echo(first, "the first tunnel")
+
+	// Leave the connection two stream IDs: maxStreamID-2 and maxStreamID.
+	p := m.client.pool
+	p.mu.Lock()
+	for _, list := range p.conns {
+		for _, pc := range list {
+			pc.cc.mu.Lock()
+			pc.cc.nextStreamID = maxStreamID - 2
+			pc.cc.mu.Unlock()
+		}
+	}
+	p.mu.Unlock()
+
+	old := []net.Conn{first, m.dial(app.addr), m.dial(app.addr)}
+	echo(old[1], "the tunnel with ID 2^31-3")
+	echo(old[2], "the tunnel with ID 2^31-1")
+	if got := m.client.Stats().Pool; got.Opened != 1 {
+		t.Fatalf("pool after three tunnels that fit one connection's IDs: %+v, want 1 opened", got)
+	}
+	next := m.dial(app.addr)
+	echo(next, "the tunnel past the last ID")
+	if got := m.client.Stats().Pool; got.Opened != 2 || got.Connections != 2 || got.Streams != 4 {
+		t.Fatalf("pool after a tunnel past the last ID: %+v, want 2 connections carrying 4", got)
+	}
+	for i, c := range old {
+		echo(c, fmt.Sprintf("tunnel %d on the connection out of IDs", i))
+	}
+	for _, c := range old {
+		_ = c.Close()
+	}
+	eventually(t, "the connection out of IDs closed after its last stream", func() bool {
+		got := m.client.Stats().Pool
+		return got.Connections == 1 && got.Streams == 1
+	})
+	echo(next, "the tunnel on the new connection")
 }
