@@ -58,6 +58,9 @@ type pooledConn struct {
 	cc     *h2Conn
 	active int         // streams handed out and not yet released
 	timer  *time.Timer // closes the connection once idle
+	// discarded says the connection is closed and out of the pool for good: releasing
+	// its last stream has nothing left to do.
+	discarded bool
 }
 
 func newConnPool(maxStreams int, idle time.Duration) *connPool {
@@ -167,7 +170,7 @@ func (p *connPool) release(pc *pooledConn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pc.active--
-	if pc.active > 0 {
+	if pc.active > 0 || pc.discarded {
 		return
 	}
 	if p.draining[pc] {
@@ -188,11 +191,16 @@ func (p *connPool) release(pc *pooledConn) {
 	})
 }
 
-// discard drops a connection whose stream failed in a way that says the connection is
-// broken, so no later tunnel picks it.
+// discard gives back the caller's stream on a connection whose stream failed in a way
+// that says the connection is broken, and closes it, so no later tunnel picks it. It may
+// have moved to draining meanwhile: another tunnel found it going away while it still
+// counted the caller's stream.
 func (p *connPool) discard(pc *pooledConn) {
 	p.mu.Lock()
+	pc.active--
+	pc.discarded = true
 	p.removeLocked(pc)
+	delete(p.draining, pc)
 	p.mu.Unlock()
 	pc.cc.close()
 }
