@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/veil-mesh/veil/agent/cni"
@@ -91,6 +92,14 @@ func (a *Agent) waitEnrolled(ctx context.Context, req cni.Request) (string, erro
 			wl.mu.Lock()
 			enrolled, err := wl.enr != nil, wl.err
 			wl.mu.Unlock()
+			if enrolled && !inSandbox(wl.spec.Netns, req.NetnsInode) {
+				// An earlier sandbox of the pod, with the same address: answering now
+				// would start the containers in a namespace nothing intercepts.
+				enrolled = false
+				err = fmt.Errorf("enrolled in network namespace %s, not in the new "+
+					"sandbox's %s; waiting for the agent to find the new one",
+					wl.spec.Netns, req.Netns)
+			}
 			if enrolled {
 				return wl.id.String(), nil
 			}
@@ -114,6 +123,16 @@ func (a *Agent) waitEnrolled(ctx context.Context, req cni.Request) (string, erro
 		case <-t.C:
 		}
 	}
+}
+
+// inSandbox reports whether the network namespace at path is the one with inode ino,
+// as the CNI plugin read it; ino 0 (a plugin that could not read it) matches any.
+func inSandbox(path string, ino uint64) bool {
+	if ino == 0 {
+		return true
+	}
+	var st syscall.Stat_t
+	return syscall.Stat(path, &st) == nil && st.Ino == ino
 }
 
 // cniDel forgets what the CNI plugin said of a sandbox. The pod itself leaves the mesh

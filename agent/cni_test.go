@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/veil-mesh/veil/agent/cni"
@@ -61,5 +62,29 @@ func TestCNIWaitNamesWhyNotEnrolled(t *testing.T) {
 		IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}})
 	if err == nil || !strings.Contains(err.Error(), "is pod shop/b's too") {
 		t.Errorf("waiting for shop/a: %v, want the address it shares with shop/b", err)
+	}
+}
+
+// A CNI ADD is answered only for the sandbox's own network namespace, which the plugin
+// names by inode.
+func TestInSandbox(t *testing.T) {
+	const self = "/proc/self/ns/net"
+	var st syscall.Stat_t
+	if err := syscall.Stat(self, &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path string
+		ino  uint64
+		want bool
+	}{
+		{self, st.Ino, true},
+		{self, st.Ino + 1, false},       // another sandbox
+		{self, 0, true},                 // a plugin that could not read the inode
+		{"/nonexistent", st.Ino, false}, // a namespace that is gone
+	} {
+		if got := inSandbox(tc.path, tc.ino); got != tc.want {
+			t.Errorf("inSandbox(%s, %d) = %v, want %v", tc.path, tc.ino, got, tc.want)
+		}
 	}
 }

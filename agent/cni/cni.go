@@ -17,12 +17,16 @@ const (
 
 // Request describes one pod sandbox, as the container runtime gave it to the plugin.
 type Request struct {
-	Namespace   string       `json:"namespace"`
-	Name        string       `json:"name"`
-	UID         string       `json:"uid,omitempty"` // empty when the runtime does not pass it
-	ContainerID string       `json:"containerID"`
-	Netns       string       `json:"netns"` // as the runtime sees it, for the log
-	IPs         []netip.Addr `json:"ips"`   // from the earlier plugins' result
+	Namespace   string `json:"namespace"`
+	Name        string `json:"name"`
+	UID         string `json:"uid,omitempty"` // empty when the runtime does not pass it
+	ContainerID string `json:"containerID"`
+	Netns       string `json:"netns"` // as the runtime sees it, for the log
+	// NetnsInode identifies the sandbox's network namespace (the inode of Netns), so
+	// the agent answers only once it has enrolled the pod in this sandbox and not in an
+	// earlier one with the same address. 0 when the plugin could not read it.
+	NetnsInode uint64       `json:"netnsInode,omitempty"`
+	IPs        []netip.Addr `json:"ips"` // from the earlier plugins' result
 }
 
 // Response is the answer to AddPath.

@@ -69,9 +69,18 @@ type cniSandbox struct {
 
 // SetCNIAddrs records the addresses the CNI plugins gave sandbox containerID of pod uid,
 // used while the API reports none, and makes a new snapshot of the mesh at once. They
-// are forgotten when the pod leaves the mesh, or with ForgetCNI.
+// are forgotten when the pod leaves the mesh, or with ForgetCNI. A new sandbox has a new
+// network namespace, even at the same address: the one found for the pod before is
+// forgotten, so the next snapshot looks for it again.
 func (s *Source) SetCNIAddrs(uid, containerID string, ips []netip.Addr) {
 	s.mu.Lock()
+	if s.cniAddrs[uid].containerID != containerID {
+		for k := range s.netns {
+			if k.uid == uid {
+				delete(s.netns, k)
+			}
+		}
+	}
 	s.cniAddrs[uid] = cniSandbox{containerID, ips}
 	s.mu.Unlock()
 	s.poke()

@@ -104,3 +104,33 @@ func TestForgetCNIOnlyItsSandbox(t *testing.T) {
 		t.Errorf("after the sandbox's own DEL: %v", got)
 	}
 }
+
+// A new sandbox of a pod has a new network namespace, even at the same address: the
+// namespace found for the pod's earlier sandbox is forgotten, and looked for again.
+func TestNewSandboxForgetsTheFoundNetns(t *testing.T) {
+	s := cniSource(t)
+	ip := netip.MustParseAddr("10.244.1.200")
+	s.SetCNIAddrs("u-1", "sandbox-1", []netip.Addr{ip})
+	s.mu.Lock()
+	s.netns[podKey{"u-1", ip}] = "/run/netns/sandbox-1"
+	s.netns[podKey{"u-2", ip}] = "/run/netns/other"
+	s.mu.Unlock()
+
+	found := func(uid string) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		_, ok := s.netns[podKey{uid, ip}]
+		return ok
+	}
+	s.SetCNIAddrs("u-1", "sandbox-1", []netip.Addr{ip}) // the runtime repeating an ADD
+	if !found("u-1") {
+		t.Error("an ADD repeated for the same sandbox forgot its netns")
+	}
+	s.SetCNIAddrs("u-1", "sandbox-2", []netip.Addr{ip})
+	if found("u-1") {
+		t.Error("a new sandbox at the same address kept the earlier sandbox's netns")
+	}
+	if !found("u-2") {
+		t.Error("a new sandbox of one pod forgot another pod's netns")
+	}
+}

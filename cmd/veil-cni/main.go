@@ -148,6 +148,10 @@ func cmdAdd(args *skel.CmdArgs) error {
 		Namespace: string(k.K8S_POD_NAMESPACE), Name: string(k.K8S_POD_NAME),
 		UID: string(k.K8S_POD_UID), ContainerID: args.ContainerID, Netns: args.Netns,
 	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(args.Netns, &st); err == nil {
+		req.NetnsInode = st.Ino
+	}
 	for _, ipc := range prev.IPs {
 		if ip, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
 			req.IPs = append(req.IPs, ip.Unmap())
