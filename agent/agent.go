@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -496,16 +497,17 @@ func (a *Agent) detachAll() {
 
 func key(w workloadfile.Workload) string { return w.Namespace + "/" + w.Name }
 
+// sameWorkload reports whether a and b can be served by one enrollment. Their addresses
+// are compared as sets: the kubelet reports a pod's addresses primary family first,
+// which need not be the order the CNI plugins gave them in before it did.
 func sameWorkload(a, b workloadfile.Workload) bool {
 	if a.ServiceAccount != b.ServiceAccount || a.Netns != b.Netns || len(a.IPs) != len(b.IPs) {
 		return false
 	}
-	for i := range a.IPs {
-		if a.IPs[i] != b.IPs[i] {
-			return false
-		}
-	}
-	return true
+	as, bs := slices.Clone(a.IPs), slices.Clone(b.IPs)
+	slices.SortFunc(as, netip.Addr.Compare)
+	slices.SortFunc(bs, netip.Addr.Compare)
+	return slices.Equal(as, bs)
 }
 
 // trackedSigner remembers whether the CA answered last time, for status and readiness.

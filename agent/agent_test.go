@@ -48,6 +48,14 @@ func TestSameWorkload(t *testing.T) {
 	if !sameWorkload(base, base) {
 		t.Fatal("a workload differs from itself")
 	}
+	// The CNI plugins' order, then the kubelet's, primary family first.
+	v4, v6 := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1")
+	fromCNI, fromAPI := base, base
+	fromCNI.IPs = []netip.Addr{v6, v4}
+	fromAPI.IPs = []netip.Addr{v4, v6}
+	if !sameWorkload(fromCNI, fromAPI) {
+		t.Error("the same addresses in another order count as a change")
+	}
 	for name, change := range map[string]func(*workloadfile.Workload){
 		"service account": func(w *workloadfile.Workload) { w.ServiceAccount = "other" },
 		"netns":           func(w *workloadfile.Workload) { w.Netns = "/run/netns/b" },

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -98,9 +99,17 @@ func (s *Source) ForgetCNI(uid, containerID string) {
 	s.poke()
 }
 
-// cniAddrsOf returns the addresses the CNI plugins gave pod uid, if any.
+// cniAddrsOf returns the addresses the CNI plugins gave pod uid, if any: the first of
+// each family, as the kubelet reports them, so the pod's addresses do not change when
+// the API's take over.
 func (s *Source) cniAddrsOf(uid string) []netip.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cniAddrs[uid].ips
+	var out []netip.Addr
+	for _, ip := range s.cniAddrs[uid].ips {
+		if !slices.ContainsFunc(out, func(o netip.Addr) bool { return o.Is4() == ip.Is4() }) {
+			out = append(out, ip)
+		}
+	}
+	return out
 }

@@ -134,3 +134,17 @@ func TestNewSandboxForgetsTheFoundNetns(t *testing.T) {
 		t.Error("a new sandbox of one pod forgot another pod's netns")
 	}
 }
+
+// The CNI plugins may give a sandbox several addresses of a family, in any order; the
+// kubelet reports the first of each. The pod's addresses from the plugins are those, so
+// they do not change when the API's take over.
+func TestCNIAddrsFirstOfEachFamily(t *testing.T) {
+	s := cniSource(t)
+	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	s.SetCNIAddrs("u-1", "sandbox-1", []netip.Addr{a("10.244.1.7"), a("fd00::7"),
+		a("10.244.1.8"), a("fd00::8")})
+	want := []netip.Addr{a("10.244.1.7"), a("fd00::7")}
+	if got := s.cniAddrsOf("u-1"); !slices.Equal(got, want) {
+		t.Errorf("addresses from the CNI plugins: %v, want %v", got, want)
+	}
+}
