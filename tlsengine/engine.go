@@ -187,9 +187,10 @@ func (e *Engine) serve(ln net.Listener, dir Direction, handle func(net.Conn)) er
 		backoff = 0
 		go func() {
 			handle(c)
-			// c and what it opened are closed: if a shortage cost the reserve, a
-			// descriptor is free to take it back now. Waiting for the next accept
-			// would wait forever while the limit holds.
+			// c is closed, and what it opened for itself (a pooled HBONE connection
+			// outlives it): if a shortage cost the reserve, a descriptor is free to
+			// take it back now. Waiting for the next accept would wait forever while
+			// the limit holds.
 			reserve.hold()
 		}()
 	}

@@ -39,8 +39,9 @@ const (
 	// and keeps a client from making us decode megabytes.
 	hboneMaxHeaderListSize = 16 << 10
 	// hboneIdleTimeout closes a connection that has had no stream for this long. It is
-	// longer than net/http's default IdleConnTimeout (90 s), so a pooling client closes
-	// first and never races a new stream against our GOAWAY.
+	// longer than the client pool's idle timeout (DefaultPoolIdleTimeout) and than
+	// net/http's (90 s), so a pooling client closes first and never races a new stream
+	// against our GOAWAY.
 	hboneIdleTimeout = 2 * time.Minute
 	// hboneCloseGrace bounds the final writes to a client that has stopped reading.
 	hboneCloseGrace = time.Second
@@ -120,8 +121,8 @@ type h2Conn struct {
 	peerInitialWindow int64
 	peerMaxFrame      uint32
 	peerMaxStreams    uint32 // the peer's SETTINGS_MAX_CONCURRENT_STREAMS
-	sendWindow        int64  // the client's connection window for our DATA
-	recvWindow        int64  // what the client may still send on the connection
+	sendWindow        int64  // the peer's connection window for our DATA
+	recvWindow        int64  // what the peer may still send on the connection
 	recvCredit        int64  // consumed by apps, not yet returned with WINDOW_UPDATE
 
 	clientState // the client's side only

@@ -38,7 +38,7 @@ type h2Stream struct {
 	status int
 }
 
-// recvChunk is a pooled buffer holding n bytes of the client's DATA.
+// recvChunk is a pooled buffer holding n bytes of the peer's DATA.
 type recvChunk struct {
 	buf *[]byte
 	n   int
@@ -77,7 +77,7 @@ func (st *h2Stream) appendLocked(p []byte) {
 	st.cond.Broadcast()
 }
 
-// endRecvLocked records the client's END_STREAM.
+// endRecvLocked records the peer's END_STREAM.
 func (st *h2Stream) endRecvLocked() error {
 	st.recvEnd = true
 	st.cond.Broadcast()
@@ -128,11 +128,11 @@ func (st *h2Stream) writeTo(dst io.Writer, count func(int)) pumpResult {
 	}
 }
 
-// creditLocked gives n consumed bytes back to the client's windows.
+// creditLocked gives n consumed bytes back to the peer's windows.
 func (st *h2Stream) creditLocked(n int64) {
 	st.sc.creditConnLocked(n)
 	if st.recvEnd || st.err != nil {
-		return // the client sends nothing more on this stream
+		return // the peer sends nothing more on this stream
 	}
 	st.recvCredit += n
 	if st.recvCredit < h2MinRefresh || st.recvCredit < st.recvWindow {
@@ -144,8 +144,8 @@ func (st *h2Stream) creditLocked(n int64) {
 	st.sc.queueLocked(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(id, inc) }, nil)
 }
 
-// Write sends p as DATA frames, each as large as the client's windows and frame size
-// allow, and returns once they are written out. It blocks while the client's windows
+// Write sends p as DATA frames, each as large as the peer's windows and frame size
+// allow, and returns once they are written out. It blocks while the peer's windows
 // are closed.
 func (st *h2Stream) Write(p []byte) (int, error) {
 	written := 0
@@ -177,7 +177,7 @@ func (st *h2Stream) Write(p []byte) (int, error) {
 	return written, nil
 }
 
-// reserve waits until the client's windows have room and takes up to want bytes of it.
+// reserve waits until the peer's windows have room and takes up to want bytes of it.
 func (st *h2Stream) reserve(want int) (int, uint32, error) {
 	sc := st.sc
 	sc.mu.Lock()
@@ -201,7 +201,7 @@ func (st *h2Stream) abortErr() error {
 	return st.err
 }
 
-// closeSend ends our direction with END_STREAM; the client's keeps flowing.
+// closeSend ends our direction with END_STREAM; the peer's keeps flowing.
 func (st *h2Stream) closeSend() error {
 	sc := st.sc
 	sc.mu.Lock()
@@ -240,7 +240,7 @@ func (st *h2Stream) writeHeaders(status int, fields []hpack.HeaderField) error {
 	})
 }
 
-// reset aborts the stream and tells the client with RST_STREAM(code), unless the
+// reset aborts the stream and tells the peer with RST_STREAM(code), unless the
 // stream is already over.
 func (st *h2Stream) reset(code http2.ErrCode) {
 	st.sc.mu.Lock()

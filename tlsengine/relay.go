@@ -14,8 +14,8 @@ import (
 // frames and large sends: on a two-core build machine, iperf3 through two agents moved
 // about 2.0 Gbit/s with 64 KiB buffers and frames and 2.7 with 256 KiB (medians of three
 // 4 s runs each, alternated with plain runs at 7-10 Gbit/s). Buffers come from a pool and
-// a direction holds one only while data is moving (see pump): an idle connection holds a
-// small one, for the response body of its HBONE stream, and no large one.
+// a direction holds one only while data is moving (see pump and h2Stream.writeTo): an
+// idle connection holds none.
 const relayBufSize = 256 << 10
 
 // smallBufSize is the buffer of a first read after a pause. Requests and answers of
@@ -75,9 +75,10 @@ func (r pumpResult) outcome() string {
 // A direction holds a large buffer only while data is moving. A TCP source is waited on
 // without a buffer: a read that drained the socket gives its buffer back, and the next
 // one borrows a buffer only once data has arrived: a small one first, a large one once
-// a read fills the small one. A source that cannot be waited on (the response body of
-// an HTTP/2 stream) is read into a small buffer while it is quiet, and into a large one
-// from a read that filled the small one until a read that drains it.
+// a read fills the small one. A source that is not a socket, and so cannot be waited on
+// (the engine's sources all are; a test's may not be), is read into a small buffer while
+// it is quiet, and into a large one from a read that filled the small one until a read
+// that drains it.
 func pump(dst io.Writer, src io.Reader, count func(int)) pumpResult {
 	var rc syscall.RawConn
 	if sc, ok := src.(syscall.Conn); ok {
