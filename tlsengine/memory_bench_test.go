@@ -15,7 +15,9 @@ import (
 // them all. It reports the live heap each idle connection costs (both engines, both
 // apps and the test's own sockets: an upper bound on what one agent holds for a
 // connection whose two ends are on one node) and the live heap still held once every
-// connection has closed, which should be near zero: what load leaves behind.
+// connection has closed, which should be near zero: what load leaves behind. Goroutine
+// stacks are not heap, and are reported apart: the idle connection's goroutines, both
+// engines' and the test's echo app's.
 func BenchmarkIdleConnMemory(b *testing.B) {
 	const idleConns = 2000
 	echo := func(c *net.TCPConn) {
@@ -37,7 +39,7 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 	})
 	msg := make([]byte, 1024)
 	for b.Loop() {
-		before := liveHeap()
+		before, stackBefore := liveHeap(), stackInuse()
 		conns := make([]net.Conn, 0, idleConns)
 		for range idleConns {
 			c, err := net.Dial("tcp", m.outAddr)
@@ -49,7 +51,7 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		held := liveHeap()
+		held, stackHeld := liveHeap(), stackInuse()
 		for _, c := range conns {
 			_ = c.Close()
 		}
@@ -58,6 +60,7 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		waitClosed(b, m.server, Inbound)
 		after := liveHeap()
 		b.ReportMetric(float64(held-before)/idleConns, "heap-B/idle-conn")
+		b.ReportMetric(float64(stackHeld-stackBefore)/idleConns, "stack-B/idle-conn")
 		b.ReportMetric(float64(after-before), "heap-B-retained")
 	}
 }
@@ -70,6 +73,14 @@ func liveHeap() int64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return int64(ms.HeapAlloc)
+}
+
+// stackInuse returns the bytes of goroutine stacks in use. Call it after liveHeap: a
+// collection is what shrinks stacks that grew once and are mostly unused now.
+func stackInuse() int64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.StackInuse)
 }
 
 // waitClosed waits until e has closed every connection it opened in direction d.
