@@ -239,8 +239,7 @@ func relayStream(st *h2Stream, app net.Conn, t *tracked) string {
 // server says CONNECT_ERROR (RFC 9113, section 8.5), a client CANCEL.
 func relayH2(st *h2Stream, app net.Conn, t *tracked, code http2.ErrCode) string {
 	up := make(chan pumpResult, 1)
-	go func() {
-		res := st.writeTo(app, t.addReceived)
+	st.startWriteTo(app, t.addReceived, func(res pumpResult) {
 		switch {
 		case res.clean():
 			closeWrite(app)
@@ -251,7 +250,7 @@ func relayH2(st *h2Stream, app net.Conn, t *tracked, code http2.ErrCode) string 
 			reset(app) // the peer reset the stream, or the connection is gone
 		}
 		up <- res
-	}()
+	})
 
 	down := pump(st, app, t.addSent)
 	switch {

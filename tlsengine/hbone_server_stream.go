@@ -12,9 +12,8 @@ import (
 )
 
 // h2Stream is one CONNECT stream of an h2Conn, on either side. Its two directions end
-// independently: the peer's END_STREAM ends writeTo cleanly, closeSend ends ours, and a
-// reset on either side ends both. writeTo and Write are each used by one goroutine at a
-// time.
+// independently: the peer's END_STREAM ends startWriteTo's cleanly, closeSend ends ours,
+// and a reset on either side ends both. Write is used by one goroutine at a time.
 type h2Stream struct {
 	sc     *h2Conn
 	id     uint32
@@ -36,6 +35,19 @@ type h2Stream struct {
 	sentEnd    bool        // END_STREAM queued
 	// status is the server's answer to a client's stream, once its HEADERS came.
 	status int
+	// sink takes the peer's bytes, once startWriteTo has given one.
+	sink *recvSink
+}
+
+// recvSink is where a stream's received bytes go (see startWriteTo).
+type recvSink struct {
+	dst   io.Writer
+	count func(int)
+	done  func(pumpResult)
+
+	// Under sc.mu.
+	running bool // a goroutine is writing to dst
+	ended   bool // done is called, or about to be: no goroutine is started again
 }
 
 // recvChunk is a pooled buffer holding n bytes of the peer's DATA.
@@ -75,37 +87,66 @@ func (st *h2Stream) appendLocked(p []byte) {
 		p = p[m:]
 	}
 	st.cond.Broadcast()
+	st.kickLocked()
 }
 
 // endRecvLocked records the peer's END_STREAM.
 func (st *h2Stream) endRecvLocked() error {
 	st.recvEnd = true
 	st.cond.Broadcast()
+	st.kickLocked()
 	if st.sentEnd {
 		st.sc.removeLocked(st)
 	}
 	return nil
 }
 
-// writeTo is pump for a stream's receiving direction: it writes the peer's bytes to dst
-// straight from the chunks they arrived in, so the direction needs no copy buffer of
-// its own and holds none while the peer is quiet. A chunk's window goes back only once
-// dst has taken it, so a slow app slows the peer down instead of filling our memory.
-func (st *h2Stream) writeTo(dst io.Writer, count func(int)) pumpResult {
+// startWriteTo is pump for a stream's receiving direction: it writes the peer's bytes
+// to dst as they arrive, straight from the chunks they arrived in, and calls done once,
+// with how the direction ended: cleanly at the peer's END_STREAM, with the reset or
+// failure that aborted the stream (readErr), or with dst's error (writeErr). It returns
+// at once. A chunk's window goes back only once dst has taken it, so a slow app slows
+// the peer down instead of filling our memory.
+//
+// A goroutine writes only while there is something to write, started by the bytes, end
+// or abort that arrive (kickLocked): an idle stream holds neither a buffer nor a
+// goroutine for this direction. Goroutine stacks are most of what an idle proxied
+// connection costs an agent, and this was one of the two it kept on each side.
+func (st *h2Stream) startWriteTo(dst io.Writer, count func(int), done func(pumpResult)) {
+	st.sc.mu.Lock()
+	defer st.sc.mu.Unlock()
+	st.sink = &recvSink{dst: dst, count: count, done: done}
+	st.kickLocked()
+}
+
+// kickLocked starts the sink's goroutine if there is something for it and none runs.
+func (st *h2Stream) kickLocked() {
+	s := st.sink
+	if s == nil || s.running || s.ended ||
+		(len(st.recv) == 0 && !st.recvEnd && st.err == nil) {
+		return
+	}
+	s.running = true
+	go st.drain(s)
+}
+
+// drain writes the stream's chunks to the sink until none is left, and returns; or, at
+// the end of the direction, calls the sink's done.
+func (st *h2Stream) drain(s *recvSink) {
 	sc := st.sc
 	for {
 		sc.mu.Lock()
-		for len(st.recv) == 0 && !st.recvEnd && st.err == nil {
-			st.cond.Wait()
-		}
-		if st.err != nil {
-			err := st.err
+		if st.err == nil && len(st.recv) == 0 && !st.recvEnd {
+			s.running = false
 			sc.mu.Unlock()
-			return pumpResult{readErr: err}
+			return
 		}
-		if len(st.recv) == 0 {
+		if st.err != nil || len(st.recv) == 0 {
+			res := pumpResult{readErr: st.err} // nil at a clean END_STREAM
+			s.ended = true
 			sc.mu.Unlock()
-			return pumpResult{}
+			s.done(res)
+			return
 		}
 		// Take the chunk out, so appendLocked never writes to the one being written.
 		c := st.recv[0]
@@ -113,18 +154,21 @@ func (st *h2Stream) writeTo(dst io.Writer, count func(int)) pumpResult {
 		st.recv = st.recv[1:]
 		sc.mu.Unlock()
 
-		m, err := dst.Write((*c.buf)[:c.n])
-		count(m)
+		m, err := s.dst.Write((*c.buf)[:c.n])
+		s.count(m)
 		putBuf(c.buf)
-		sc.mu.Lock()
-		st.creditLocked(int64(c.n))
-		sc.mu.Unlock()
 		if err == nil && m < c.n {
 			err = io.ErrShortWrite
 		}
+		sc.mu.Lock()
+		st.creditLocked(int64(c.n))
 		if err != nil {
-			return pumpResult{writeErr: err}
+			s.ended = true
+			sc.mu.Unlock()
+			s.done(pumpResult{writeErr: err})
+			return
 		}
+		sc.mu.Unlock()
 	}
 }
 
@@ -278,4 +322,5 @@ func (st *h2Stream) abortLocked(err error) {
 	st.sc.creditConnLocked(dropped)
 	st.sc.removeLocked(st)
 	st.cond.Broadcast()
+	st.kickLocked()
 }

@@ -14,7 +14,7 @@ import (
 // frames and large sends: on a two-core build machine, iperf3 through two agents moved
 // about 2.0 Gbit/s with 64 KiB buffers and frames and 2.7 with 256 KiB (medians of three
 // 4 s runs each, alternated with plain runs at 7-10 Gbit/s). Buffers come from a pool and
-// a direction holds one only while data is moving (see pump and h2Stream.writeTo): an
+// a direction holds one only while data is moving (see pump and h2Stream.startWriteTo): an
 // idle connection holds none.
 const relayBufSize = 256 << 10
 
