@@ -66,6 +66,7 @@ func (s *Source) PodFromCNI(ctx context.Context, namespace, name, uid string) (
 type cniSandbox struct {
 	containerID string
 	ips         []netip.Addr
+	seq         uint64 // Source.cniSeq when it was recorded
 }
 
 // SetCNIAddrs records the addresses the CNI plugins gave sandbox containerID of pod uid,
@@ -82,7 +83,8 @@ func (s *Source) SetCNIAddrs(uid, containerID string, ips []netip.Addr) {
 			}
 		}
 	}
-	s.cniAddrs[uid] = cniSandbox{containerID, ips}
+	s.cniSeq++
+	s.cniAddrs[uid] = cniSandbox{containerID, ips, s.cniSeq}
 	s.mu.Unlock()
 	s.poke()
 }

@@ -148,3 +148,31 @@ func TestCNIAddrsFirstOfEachFamily(t *testing.T) {
 		t.Errorf("addresses from the CNI plugins: %v, want %v", got, want)
 	}
 }
+
+// A snapshot forgets what the CNI plugins said of pods it did not list, but not of a pod
+// whose ADD came while it was being taken: the listing was too early to see that pod,
+// and its ADD waits for it to be enrolled.
+func TestSnapshotKeepsAddressesItWasTooEarlyFor(t *testing.T) {
+	s := cniSource(t)
+	ip := []netip.Addr{netip.MustParseAddr("10.244.1.200")}
+	s.SetCNIAddrs("gone", "sandbox-1", ip)
+	s.mu.Lock()
+	listed := s.cniSeq
+	s.mu.Unlock()
+	s.SetCNIAddrs("new", "sandbox-1", ip) // after the listing, before its end
+
+	s.forgetNetns(nil, listed)
+	if s.cniAddrsOf("gone") != nil {
+		t.Error("the addresses of a pod gone before the listing were kept")
+	}
+	if s.cniAddrsOf("new") == nil {
+		t.Error("the addresses of a pod added during the listing were forgotten")
+	}
+	s.mu.Lock()
+	listed = s.cniSeq
+	s.mu.Unlock()
+	s.forgetNetns(nil, listed)
+	if s.cniAddrsOf("new") != nil {
+		t.Error("the addresses of a pod no later listing found were kept")
+	}
+}

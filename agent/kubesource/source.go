@@ -57,6 +57,7 @@ type Source struct {
 	// cniAddrs are the addresses the CNI plugins gave this node's pods, by UID, for
 	// those the API has none for yet (see cni.go).
 	cniAddrs map[string]cniSandbox
+	cniSeq   uint64          // counts SetCNIAddrs calls, to date cniAddrs entries
 	warned   map[string]bool // problems logged already, by text
 	goodPA   map[string]map[string]any
 	goodAP   map[string]map[string]any
@@ -248,8 +249,11 @@ func (s *Source) workloads(namespaces listerscorev1.NamespaceLister) (
 	f = &workloadfile.File{TrustDomain: s.cfg.TrustDomain,
 		Namespaces: map[string]workloadfile.Namespace{}}
 	taken := map[netip.Addr]string{}
+	s.mu.Lock()
+	listed := s.cniSeq
+	s.mu.Unlock()
 	pods := s.meshPods(namespaces)
-	defer s.forgetNetns(pods)
+	defer s.forgetNetns(pods, listed)
 	for _, pod := range pods {
 		w, err := s.workload(pod)
 		if err == nil {
@@ -355,8 +359,10 @@ func (s *Source) netnsOf(pod *corev1.Pod, ip netip.Addr) (string, error) {
 }
 
 // forgetNetns drops what was found, and what the CNI plugins said, for pods that are
-// gone.
-func (s *Source) forgetNetns(pods []*corev1.Pod) {
+// gone: not in pods, listed when SetCNIAddrs had been called listed times. What the
+// plugins said of a pod since may be of a pod the listing was too early to see, which
+// the pod's ADD is waiting to see enrolled.
+func (s *Source) forgetNetns(pods []*corev1.Pod, listed uint64) {
 	live := map[string]bool{}
 	for _, pod := range pods {
 		live[string(pod.UID)] = true
@@ -368,8 +374,8 @@ func (s *Source) forgetNetns(pods []*corev1.Pod) {
 			delete(s.netns, k)
 		}
 	}
-	for uid := range s.cniAddrs {
-		if !live[uid] {
+	for uid, sb := range s.cniAddrs {
+		if !live[uid] && sb.seq <= listed {
 			delete(s.cniAddrs, uid)
 		}
 	}
