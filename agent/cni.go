@@ -34,12 +34,6 @@ func (a *Agent) cniAdd(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if len(req.IPs) == 0 {
-		http.Error(w, fmt.Sprintf("pod %s/%s: no addresses in the request; put veil-cni after "+
-			"the plugins that give the pod its addresses in the CNI chain", req.Namespace,
-			req.Name), http.StatusBadRequest)
-		return
-	}
 	src := a.kube.Load()
 	if src == nil {
 		http.Error(w, "the agent does not run with --kubernetes, so it learns its pods from "+
@@ -60,6 +54,14 @@ func (a *Agent) cniAdd(w http.ResponseWriter, r *http.Request) {
 	if !mesh {
 		log.Debug().Msg("CNI: pod not in the mesh")
 		writeJSON(w, cni.Response{})
+		return
+	}
+	// Checked only now: a pod outside the mesh needs no address from us, and a chain
+	// that gives none must not keep every pod on the node from starting.
+	if len(req.IPs) == 0 {
+		http.Error(w, fmt.Sprintf("pod %s/%s: no addresses in the request; put veil-cni after "+
+			"the plugins that give the pod its addresses in the CNI chain", req.Namespace,
+			req.Name), http.StatusBadRequest)
 		return
 	}
 	src.SetCNIAddrs(string(pod.UID), req.ContainerID, req.IPs)

@@ -15,7 +15,8 @@ import (
 )
 
 // The CNI endpoint refuses what it cannot act on, each with what to do about it. Its
-// work with a Kubernetes source is tested end to end (e2e TestKubernetesDiscovery).
+// work with a Kubernetes source, a request without addresses included, is tested end to
+// end (e2e TestKubernetesDiscovery).
 func TestCNIEndpointRefusals(t *testing.T) {
 	requireRoot(t) // the endpoint answers root only, as the kubelet's runtime is
 	sock := filepath.Join(t.TempDir(), "agent.sock")
@@ -28,8 +29,6 @@ func TestCNIEndpointRefusals(t *testing.T) {
 		{"not JSON", cni.AddPath, `{"namespace": `, http.StatusBadRequest, "reading the CNI request"},
 		{"no pod", cni.AddPath, `{"ips": ["10.0.0.1"]}`, http.StatusBadRequest,
 			"K8S_POD_NAMESPACE and K8S_POD_NAME"},
-		{"no addresses", cni.AddPath, `{"namespace": "shop", "name": "a"}`, http.StatusBadRequest,
-			"put veil-cni after the plugins that give the pod its addresses"},
 		{"no Kubernetes", cni.AddPath, `{"namespace": "shop", "name": "a", "ips": ["10.0.0.1"]}`,
 			http.StatusNotImplemented, "does not run with --kubernetes"},
 		{"DEL without Kubernetes", cni.DelPath, `{"namespace": "shop", "name": "a"}`,

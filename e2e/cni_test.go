@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -23,6 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/veil-mesh/veil/agent"
+	"github.com/veil-mesh/veil/agent/cni"
 	"github.com/veil-mesh/veil/tlsengine"
 )
 
@@ -202,4 +206,48 @@ func checkCNI(t *testing.T, c *cluster, kc kubernetes.Interface, whoami string) 
 	}) {
 		t.Error("node1 took up kcnip, which opted out of the mesh")
 	}
+
+	// A chain that gives a sandbox no address holds a mesh pod, saying why, and lets a
+	// pod outside the mesh start.
+	for _, tc := range []struct {
+		pod  *corev1.Pod
+		code int
+		want string
+	}{
+		{plain, http.StatusOK, `"mesh": false`},
+		{pod, http.StatusBadRequest, "put veil-cni after the plugins that give the pod its addresses"},
+	} {
+		body, err := json.Marshal(cni.Request{Namespace: tc.pod.Namespace, Name: tc.pod.Name,
+			UID: string(tc.pod.UID), ContainerID: "no-addresses"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, answer := c.adminPost(t, "node1", cni.AddPath, body)
+		if code != tc.code || !strings.Contains(answer, tc.want) {
+			t.Errorf("CNI ADD of %s without addresses: %d %q, want %d and %q", tc.pod.Name,
+				code, answer, tc.code, tc.want)
+		}
+	}
+}
+
+// adminPost posts body to path on node's admin socket, as root, and returns the answer.
+func (c *cluster) adminPost(t *testing.T, node, path string, body []byte) (int, string) {
+	t.Helper()
+	sock := filepath.Join(c.state, node, "agent.sock")
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+	resp, err := client.Post("http://agent"+path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s to %s's agent: %v", path, node, err)
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(answer)
 }
