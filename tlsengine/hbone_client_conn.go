@@ -253,9 +253,10 @@ func (sc *h2Conn) processResponse(f *http2.MetaHeadersFrame) error {
 	return nil
 }
 
-// processGoAwayFromServer: the server takes no new stream. Those it has not started
-// are aborted for their tunnels to fail fast; the rest run to their end, after which
-// the connection closes (removeLocked).
+// processGoAwayFromServer: the server takes no new stream. Those it has not started are
+// aborted as refused: the server never processed them (RFC 9113, 6.8), so their tunnels,
+// still waiting for the answer to CONNECT, try again on another connection. The rest run
+// to their end, after which the connection closes (removeLocked).
 func (sc *h2Conn) processGoAwayFromServer(f *http2.GoAwayFrame) error {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
@@ -263,7 +264,7 @@ func (sc *h2Conn) processGoAwayFromServer(f *http2.GoAwayFrame) error {
 	for id, st := range sc.streams {
 		if id > f.LastStreamID {
 			st.abortLocked(fmt.Errorf("%w: %w before the server started the stream",
-				errStreamReset, errPeerGoAway))
+				errRefusedStream, errPeerGoAway))
 		}
 	}
 	if len(sc.streams) == 0 {

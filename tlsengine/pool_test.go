@@ -2,6 +2,7 @@ package tlsengine
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // holdApp accepts connections and keeps each open until the client closes it.
@@ -236,4 +239,68 @@ func TestPoolConnectionOutOfStreamIDsDrains(t *testing.T) {
 		return got.Connections == 1 && got.Streams == 1
 	})
 	echo(next, "the tunnel on the new connection")
+}
+
+// A stream the server went away before starting is tried again on a new connection: the
+// server never processed it (its GOAWAY's last stream ID is below it), so the app sees
+// nothing but a tunnel that works.
+func TestTunnelRetriesStreamTheServerNeverStarted(t *testing.T) {
+	goAwayLn := listen(t, "127.0.0.1:0")
+	var (
+		m        *testMesh
+		redirect atomic.Bool
+	)
+	redirect.Store(true)
+	m = newMesh(t, meshOpts{
+		clientDialOut: func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+			if redirect.CompareAndSwap(true, false) {
+				dst = addrPortOf(goAwayLn.Addr())
+			}
+			return dialTCP(ctx, dst)
+		},
+	})
+	// The first connection's server: it answers the first CONNECT with a GOAWAY whose
+	// last stream ID is 0, as a server going away while the HEADERS were on the wire.
+	served := make(chan error, 1)
+	go func() {
+		raw, err := goAwayLn.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		defer raw.Close()
+		c := tls.Server(raw, m.server.serverTLS(m.b))
+		served <- func() error {
+			preface := make([]byte, len(http2.ClientPreface))
+			if _, err := io.ReadFull(c, preface); err != nil {
+				return err
+			}
+			fr := http2.NewFramer(c, c)
+			if err := fr.WriteSettings(); err != nil {
+				return err
+			}
+			for {
+				f, err := fr.ReadFrame()
+				if err != nil {
+					return err
+				}
+				if _, ok := f.(*http2.HeadersFrame); ok {
+					return fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+				}
+			}
+		}()
+		_, _ = io.Copy(io.Discard, c) // until the client closes
+	}()
+
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = io.Copy(c, c) })
+	c := m.dial(app.addr)
+	if err := <-served; err != nil {
+		t.Fatalf("the server that goes away: %v", err)
+	}
+	if err := echoWithin(c, []byte("retried"), testTimeout); err != nil {
+		t.Fatalf("a tunnel whose first stream the server never started: %v", err)
+	}
+	if got := m.client.Stats().Pool.Opened; got != 2 {
+		t.Errorf("connections opened: %d, want 2 (the one that went away, then one that works)", got)
+	}
 }
