@@ -28,8 +28,9 @@ import (
 //
 // Goroutines of one connection: the reader (which dispatches every frame and never
 // waits for a write, so the peer's writes can always drain), one writer that owns the
-// framer's write side and the HPACK encoder, and two per stream (relayH2); a client's
-// also has its health check. All state is under h2Conn.mu.
+// framer's write side and the HPACK encoder, and per stream one that reads the app and
+// another only while the stream has bytes to write to it (relayH2); a client's also has
+// its health check. All state is under h2Conn.mu.
 const (
 	// hboneMaxStreams caps the streams open at once on one connection: the least RFC 9113,
 	// section 6.5.2 recommends. Memory is bounded by the connection window, not by this.

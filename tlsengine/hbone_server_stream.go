@@ -19,7 +19,7 @@ type h2Stream struct {
 	id     uint32
 	ctx    context.Context // ends when the stream is aborted
 	cancel context.CancelFunc
-	cond   sync.Cond // on sc.mu: data, window or end arrived
+	cond   sync.Cond // on sc.mu: send window, the answer to CONNECT, or an abort arrived
 
 	// noMoreFrames is set once a RST_STREAM was sent or received: from then on the
 	// writer drops the stream's DATA still queued (RFC 9113, section 5.1, "closed").
@@ -86,14 +86,12 @@ func (st *h2Stream) appendLocked(p []byte) {
 		c.n += m
 		p = p[m:]
 	}
-	st.cond.Broadcast()
 	st.kickLocked()
 }
 
 // endRecvLocked records the peer's END_STREAM.
 func (st *h2Stream) endRecvLocked() error {
 	st.recvEnd = true
-	st.cond.Broadcast()
 	st.kickLocked()
 	if st.sentEnd {
 		st.sc.removeLocked(st)
@@ -294,8 +292,16 @@ func (st *h2Stream) reset(code http2.ErrCode) {
 
 func (st *h2Stream) resetLocked(code http2.ErrCode) {
 	sc := st.sc
-	if st.err != nil || sc.streams[st.id] != st {
-		return // reset already, or closed both ways
+	if st.err != nil {
+		return // reset already
+	}
+	if sc.streams[st.id] != st {
+		// Closed both ways: nothing to tell the peer, but what it sent that is not
+		// written yet never will be (the app failed, or a refused stream has none), and
+		// its window goes back to the connection. Kept, it would shrink the connection's
+		// window for good, for every stream to come.
+		st.dropRecvLocked()
+		return
 	}
 	st.noMoreFrames.Store(true)
 	id := st.id
@@ -313,6 +319,15 @@ func (st *h2Stream) abortLocked(err error) {
 	st.err = err
 	st.noMoreFrames.Store(true)
 	st.cancel()
+	st.dropRecvLocked()
+	st.sc.removeLocked(st)
+	st.cond.Broadcast()
+	st.kickLocked()
+}
+
+// dropRecvLocked drops the peer's bytes not written yet, and gives their window back to
+// the connection.
+func (st *h2Stream) dropRecvLocked() {
 	var dropped int64
 	for _, c := range st.recv {
 		dropped += int64(c.n)
@@ -320,7 +335,4 @@ func (st *h2Stream) abortLocked(err error) {
 	}
 	st.recv = nil
 	st.sc.creditConnLocked(dropped)
-	st.sc.removeLocked(st)
-	st.cond.Broadcast()
-	st.kickLocked()
 }

@@ -304,3 +304,54 @@ func TestTunnelRetriesStreamTheServerNeverStarted(t *testing.T) {
 		t.Errorf("connections opened: %d, want 2 (the one that went away, then one that works)", got)
 	}
 }
+
+// Bytes a stream received that its app will never take, because the app failed after
+// both sides had ended the stream, give their window back to the connection: kept, they
+// would shrink it for every stream the pooled connection carries after.
+func TestStreamClosedBothWaysGivesUnwrittenWindowBack(t *testing.T) {
+	const size = 8 << 20
+	sent := make(chan error, 1)
+	app := startApp(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			sent <- err
+			return
+		}
+		_, err := c.Write(make([]byte, size)) // then END_STREAM, as the handler returns
+		sent <- err
+	})
+	m := newMesh(t, meshOpts{})
+	c := m.dial(app.addr)
+	// A small receive buffer, so most of what comes stays with the client's engine.
+	if err := c.SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("the app's answer: %v", err)
+	}
+
+	var cc *h2Conn
+	m.client.pool.mu.Lock()
+	for _, list := range m.client.pool.conns {
+		cc = list[0].cc
+	}
+	m.client.pool.mu.Unlock()
+	eventually(t, "the stream closed both ways", func() bool {
+		cc.mu.Lock()
+		defer cc.mu.Unlock()
+		return len(cc.streams) == 0
+	})
+	_ = c.SetLinger(0)
+	_ = c.Close() // the app fails with the engine's bytes unread
+
+	eventually(t, "the connection's whole window back", func() bool {
+		cc.mu.Lock()
+		defer cc.mu.Unlock()
+		return cc.recvWindow+cc.recvCredit == h2ConnWindow
+	})
+}
