@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/veil-mesh/veil/agent/cni"
@@ -94,7 +93,7 @@ func (a *Agent) waitEnrolled(ctx context.Context, req cni.Request) (string, erro
 			wl.mu.Lock()
 			enrolled, err := wl.enr != nil, wl.err
 			wl.mu.Unlock()
-			if enrolled && !inSandbox(wl.spec.Netns, req.NetnsInode) {
+			if enrolled && !inSandbox(wl.nsInode, req.NetnsInode) {
 				// An earlier sandbox of the pod, with the same address: answering now
 				// would start the containers in a namespace nothing intercepts.
 				enrolled = false
@@ -127,14 +126,12 @@ func (a *Agent) waitEnrolled(ctx context.Context, req cni.Request) (string, erro
 	}
 }
 
-// inSandbox reports whether the network namespace at path is the one with inode ino,
-// as the CNI plugin read it; ino 0 (a plugin that could not read it) matches any.
-func inSandbox(path string, ino uint64) bool {
-	if ino == 0 {
-		return true
-	}
-	var st syscall.Stat_t
-	return syscall.Stat(path, &st) == nil && st.Ino == ino
+// inSandbox reports whether a pod enrolled in the namespace with inode enrolled is in
+// the sandbox whose namespace the CNI plugin read as inode sandbox. The inode is read
+// at enrollment, from the namespace the agent holds open: a path can come to name
+// another namespace. sandbox 0 (a plugin that could not read it) matches any.
+func inSandbox(enrolled, sandbox uint64) bool {
+	return sandbox == 0 || enrolled == sandbox
 }
 
 // cniDel forgets what the CNI plugin said of a sandbox. The pod itself leaves the mesh

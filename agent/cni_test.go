@@ -7,11 +7,14 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/veil-mesh/veil/agent/cni"
 	"github.com/veil-mesh/veil/agent/kubesource"
+	"github.com/veil-mesh/veil/agent/workloadfile"
+	"github.com/veil-mesh/veil/redirect"
 )
 
 // The CNI endpoint refuses what it cannot act on, each with what to do about it. Its
@@ -64,26 +67,38 @@ func TestCNIWaitNamesWhyNotEnrolled(t *testing.T) {
 	}
 }
 
-// A CNI ADD is answered only for the sandbox's own network namespace, which the plugin
-// names by inode.
-func TestInSandbox(t *testing.T) {
-	const self = "/proc/self/ns/net"
-	var st syscall.Stat_t
-	if err := syscall.Stat(self, &st); err != nil {
-		t.Fatal(err)
+// A CNI ADD is answered only once the pod is enrolled in the sandbox's own network
+// namespace, which the plugin names by inode: not for an earlier sandbox of the pod at
+// the same address.
+func TestCNIWaitsForTheSandboxsNamespace(t *testing.T) {
+	ip := netip.MustParseAddr("10.0.0.1")
+	wl := &workload{
+		spec: workloadfile.Workload{Namespace: "shop", Name: "a", IPs: []netip.Addr{ip}},
+		id:   spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/a"),
+		enr:  &redirect.Enrollment{}, nsInode: 4026532001,
 	}
+	a := &Agent{workloads: map[string]*workload{"shop/a": wl}}
 	for _, tc := range []struct {
-		path string
-		ino  uint64
-		want bool
+		name  string
+		inode uint64
+		want  string // the identity, or what the refusal says
 	}{
-		{self, st.Ino, true},
-		{self, st.Ino + 1, false},       // another sandbox
-		{self, 0, true},                 // a plugin that could not read the inode
-		{"/nonexistent", st.Ino, false}, // a namespace that is gone
+		{"its sandbox", 4026532001, "spiffe://cluster.local/ns/shop/sa/a"},
+		{"a plugin that could not read the inode", 0, "spiffe://cluster.local/ns/shop/sa/a"},
+		{"an earlier sandbox", 4026532999, "not in the new sandbox's"},
 	} {
-		if got := inSandbox(tc.path, tc.ino); got != tc.want {
-			t.Errorf("inSandbox(%s, %d) = %v, want %v", tc.path, tc.ino, got, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 3*enrollPollEvery)
+			defer cancel()
+			id, err := a.waitEnrolled(ctx, cni.Request{Namespace: "shop", Name: "a",
+				Netns: "/run/netns/new", NetnsInode: tc.inode, IPs: []netip.Addr{ip}})
+			got := id
+			if err != nil {
+				got = err.Error()
+			}
+			if !strings.Contains(got, tc.want) {
+				t.Errorf("waiting for shop/a: %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

@@ -34,6 +34,7 @@ type workload struct {
 	err       error // why it is not enrolled, if it is not
 	enrolled  time.Time
 	ns        *redirect.Netns
+	nsInode   uint64 // ns's inode, which names the namespace to the CNI plugin
 	listeners []*net.TCPListener
 	enr       *redirect.Enrollment
 	guard     *redirect.Guard
@@ -79,6 +80,9 @@ func (a *Agent) setUp(ctx context.Context, w *workload) error {
 			"netns path is right", err)
 	}
 	w.ns = ns
+	if w.nsInode, err = ns.Inode(); err != nil {
+		return err
+	}
 	if err := redirect.PrepareNetns(ns, a.cfg.DeliveryMark); err != nil {
 		return err
 	}

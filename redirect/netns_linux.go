@@ -55,6 +55,16 @@ func (n *Netns) Path() string { return n.path }
 // Cookie is the kernel's identifier of the namespace, as bpf_get_netns_cookie returns it.
 func (n *Netns) Cookie() uint64 { return n.cookie }
 
+// Inode is the namespace's inode number, which any path to it shows (stat), as the CNI
+// plugin sees the sandbox's.
+func (n *Netns) Inode() (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(n.FD(), &st); err != nil {
+		return 0, fmt.Errorf("reading inode of netns %s: %w", n.path, err)
+	}
+	return st.Ino, nil
+}
+
 // FD is the namespace's file descriptor, valid until Close.
 func (n *Netns) FD() int { return int(n.handle) }
 
