@@ -25,20 +25,12 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"slices"
-	"strings"
 	"syscall"
-	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -51,9 +43,6 @@ import (
 // Defaults of the configuration.
 const (
 	defaultAgentSocket = "/run/veil/agent.sock"
-	// agentTimeout bounds one request to the agent. The agent itself gives up on a pod
-	// it cannot enroll sooner (30 s), and says why.
-	agentTimeout = 45 * time.Second
 )
 
 var defaultExclude = []string{"kube-system", "veil-system"}
@@ -157,7 +146,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 			req.IPs = append(req.IPs, ip.Unmap())
 		}
 	}
-	if _, err := post(conf.AgentSocket, cni.AddPath, req); err != nil {
+	if _, err := cni.Post(conf.AgentSocket, cni.AddPath, req); err != nil {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod %s/%s held: "+
 			"the veil agent has not enrolled it", req.Namespace, req.Name), err.Error())
 	}
@@ -175,7 +164,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	}
 	// The agent unenrolls the pod when it leaves the API; this only lets it forget the
 	// sandbox's addresses sooner. An agent that is down has nothing to forget.
-	_, _ = post(conf.AgentSocket, cni.DelPath, cni.Request{
+	_, _ = cni.Post(conf.AgentSocket, cni.DelPath, cni.Request{
 		Namespace: string(k.K8S_POD_NAMESPACE), Name: string(k.K8S_POD_NAME),
 		UID: string(k.K8S_POD_UID), ContainerID: args.ContainerID, Netns: args.Netns,
 	})
@@ -187,42 +176,4 @@ func cmdDel(args *skel.CmdArgs) error {
 func cmdCheck(args *skel.CmdArgs) error {
 	_, err := parseConf(args.StdinData)
 	return err
-}
-
-// post sends req to the agent's admin socket and returns its answer, or an error that
-// says what the operator can do.
-func post(socket, path string, req cni.Request) (*cni.Response, error) {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	client := &http.Client{Timeout: agentTimeout, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}
-	resp, err := client.Post("http://veil-agent"+path, "application/json", bytes.NewReader(body))
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("no veil agent answers at %s; the pod waits until the "+
-				"node's agent runs (kubectl -n veil-system get pods "+
-				"-l app.kubernetes.io/name=veil-agent)", socket)
-		}
-		return nil, fmt.Errorf("asking the veil agent at %s: %w", socket, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if err != nil {
-		return nil, fmt.Errorf("reading the veil agent's answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("the veil agent answered %s: %s", resp.Status,
-			strings.TrimSpace(string(data)))
-	}
-	var out cni.Response
-	if err := json.Unmarshal(data, &out); err != nil {
-		return nil, fmt.Errorf("the veil agent's answer: %w", err)
-	}
-	return &out, nil
 }
