@@ -70,11 +70,18 @@ type cniSandbox struct {
 }
 
 // SetCNIAddrs records the addresses the CNI plugins gave sandbox containerID of pod uid,
-// used while the API reports none, and makes a new snapshot of the mesh at once. They
-// are forgotten when the pod leaves the mesh, or with ForgetCNI. A new sandbox has a new
-// network namespace, even at the same address: the one found for the pod before is
-// forgotten, so the next snapshot looks for it again.
+// used while the API reports none, and makes a new snapshot of the mesh at once. It keeps
+// the first of each family, as the kubelet reports them, so the pod's addresses do not
+// change when the API's take over. They are forgotten when the pod leaves the mesh, or
+// with ForgetCNI. A new sandbox has a new network namespace, even at the same address:
+// the one found for the pod before is forgotten, so the next snapshot looks for it again.
 func (s *Source) SetCNIAddrs(uid, containerID string, ips []netip.Addr) {
+	var first []netip.Addr
+	for _, ip := range ips {
+		if !slices.ContainsFunc(first, func(f netip.Addr) bool { return f.Is4() == ip.Is4() }) {
+			first = append(first, ip)
+		}
+	}
 	s.mu.Lock()
 	if s.cniAddrs[uid].containerID != containerID {
 		for k := range s.netns {
@@ -84,7 +91,7 @@ func (s *Source) SetCNIAddrs(uid, containerID string, ips []netip.Addr) {
 		}
 	}
 	s.cniSeq++
-	s.cniAddrs[uid] = cniSandbox{containerID, ips, s.cniSeq}
+	s.cniAddrs[uid] = cniSandbox{containerID, first, s.cniSeq}
 	s.mu.Unlock()
 	s.poke()
 }
@@ -101,17 +108,9 @@ func (s *Source) ForgetCNI(uid, containerID string) {
 	s.poke()
 }
 
-// cniAddrsOf returns the addresses the CNI plugins gave pod uid, if any: the first of
-// each family, as the kubelet reports them, so the pod's addresses do not change when
-// the API's take over.
+// cniAddrsOf returns the addresses the CNI plugins gave pod uid, if any.
 func (s *Source) cniAddrsOf(uid string) []netip.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []netip.Addr
-	for _, ip := range s.cniAddrs[uid].ips {
-		if !slices.ContainsFunc(out, func(o netip.Addr) bool { return o.Is4() == ip.Is4() }) {
-			out = append(out, ip)
-		}
-	}
-	return out
+	return s.cniAddrs[uid].ips
 }
