@@ -99,11 +99,18 @@ type IdentityStore struct {
 	gate   *signGate
 }
 
-// identity is one held SVID and its renewal goroutine.
+// identity is one held SVID and the timer that renews it. A node holds an identity per
+// service account of its pods, so renewal waits on a timer rather than on a goroutine
+// each: a timer costs no stack until it fires.
 type identity struct {
 	id     spiffeid.ID
 	cancel context.CancelFunc
-	done   chan struct{} // closed when the renewal goroutine has returned
+
+	// renewing is held for a whole renewal, from the timer firing to re-arming it, so
+	// that stop can wait for one in progress.
+	renewing sync.Mutex
+	timer    *time.Timer
+	retry    time.Duration // the backoff of the last failed renewal; 0 after a success
 
 	mu          sync.Mutex
 	svid        *x509svid.SVID
@@ -139,7 +146,7 @@ func (s *IdentityStore) Ensure(ctx context.Context, id spiffeid.ID) error {
 		return ErrIdentityStoreClosed
 	}
 	if e != nil {
-		// Held already; renewal is running. Only an expired certificate is news.
+		// Held already, and its renewal scheduled. Only an expired certificate is news.
 		_, err := e.current(time.Now())
 		return err
 	}
@@ -164,10 +171,12 @@ func (s *IdentityStore) add(id spiffeid.ID, svid *x509svid.SVID, root *x509.Cert
 	}
 
 	ctx, cancel := context.WithCancel(s.ctx)
-	e := &identity{id: id, cancel: cancel, done: make(chan struct{})}
+	e := &identity{id: id, cancel: cancel}
 	e.renewed(svid, root, time.Now())
 	s.ids[id] = e
-	go s.renewLoop(ctx, e)
+	e.renewing.Lock()
+	e.timer = time.AfterFunc(time.Until(e.due()), func() { s.renew(ctx, e) })
+	e.renewing.Unlock()
 
 	s.logCert(svid, root, "certificate issued")
 	return nil
@@ -182,8 +191,7 @@ func (s *IdentityStore) Release(id spiffeid.ID) {
 	s.mu.Unlock()
 
 	if e != nil {
-		e.cancel()
-		<-e.done
+		e.stop()
 	}
 }
 
@@ -197,7 +205,7 @@ func (s *IdentityStore) Close() {
 
 	s.cancel()
 	for _, e := range held {
-		<-e.done
+		e.stop()
 	}
 }
 
@@ -250,39 +258,43 @@ func (s *IdentityStore) obtain(ctx context.Context, id spiffeid.ID, urgent bool)
 	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, root, nil
 }
 
-// renewLoop renews e's certificate when it comes due, and after a failure retries with
-// backoff while the old certificate stays in use, until ctx is cancelled.
-func (s *IdentityStore) renewLoop(ctx context.Context, e *identity) {
-	defer close(e.done)
-	var retry time.Duration
-	for {
-		t := time.NewTimer(time.Until(e.due()))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
+// renew runs when e's certificate comes due: it renews it, or after a failure keeps the
+// old certificate in use and retries with backoff, and arms the timer for the next time,
+// unless ctx has been cancelled.
+func (s *IdentityStore) renew(ctx context.Context, e *identity) {
+	e.renewing.Lock()
+	defer e.renewing.Unlock()
+	if ctx.Err() != nil {
+		return
+	}
 
-		sctx, cancel := context.WithTimeout(ctx, signTimeout)
-		svid, root, err := s.obtain(sctx, e.id, false)
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			retry = nextRetry(retry)
-			e.failed(err, time.Now().Add(retry))
-			s.log.Warn().Err(err).Stringer(logKeyIdentity, e.id).Dur(logKeyRetryIn, retry).
-				Time(logKeyExpires, e.notAfter()).
-				Msg("renewing certificate failed; keeping the current one")
-			continue
-		}
-
-		retry = 0
+	sctx, cancel := context.WithTimeout(ctx, signTimeout)
+	svid, root, err := s.obtain(sctx, e.id, false)
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		e.retry = nextRetry(e.retry)
+		e.failed(err, time.Now().Add(e.retry))
+		s.log.Warn().Err(err).Stringer(logKeyIdentity, e.id).Dur(logKeyRetryIn, e.retry).
+			Time(logKeyExpires, e.notAfter()).
+			Msg("renewing certificate failed; keeping the current one")
+	} else {
+		e.retry = 0
 		e.renewed(svid, root, time.Now())
 		s.logCert(svid, root, "certificate renewed")
 	}
+	e.timer.Reset(time.Until(e.due()))
+}
+
+// stop ends e's renewal: it returns once a renewal in progress has given up and the
+// timer can no longer start another.
+func (e *identity) stop() {
+	e.cancel()
+	e.renewing.Lock()
+	e.timer.Stop()
+	e.renewing.Unlock()
 }
 
 func (s *IdentityStore) logCert(svid *x509svid.SVID, root *x509.Certificate, msg string) {

@@ -31,6 +31,10 @@ type fakeCA struct {
 	ttl   atomic.Int64 // time.Duration
 	fail  atomic.Bool
 	calls atomic.Int32
+	// block makes the CA hold every call until its context ends; blocked gets a value
+	// when a call starts waiting, if there is room.
+	block   atomic.Bool
+	blocked chan struct{}
 	// forID, when set, makes the CA answer with a certificate for this ID instead.
 	forID spiffeid.ID
 
@@ -56,12 +60,13 @@ func newFakeCA(t *testing.T, ttl time.Duration) *fakeCA {
 		t.Fatal(err)
 	}
 	root, _ := x509.ParseCertificate(der)
-	ca := &fakeCA{t: t, root: root, key: key, called: make(chan struct{}, 100)}
+	ca := &fakeCA{t: t, root: root, key: key, called: make(chan struct{}, 100),
+		blocked: make(chan struct{}, 100)}
 	ca.ttl.Store(int64(ttl))
 	return ca
 }
 
-func (ca *fakeCA) Sign(_ context.Context, csrDER []byte) ([]*x509.Certificate,
+func (ca *fakeCA) Sign(ctx context.Context, csrDER []byte) ([]*x509.Certificate,
 	[]*x509.Certificate, error) {
 	ca.calls.Add(1)
 	defer func() {
@@ -72,6 +77,14 @@ func (ca *fakeCA) Sign(_ context.Context, csrDER []byte) ([]*x509.Certificate,
 	}()
 	if ca.fail.Load() {
 		return nil, nil, errCADown
+	}
+	if ca.block.Load() {
+		select {
+		case ca.blocked <- struct{}{}:
+		default:
+		}
+		<-ctx.Done()
+		return nil, nil, ctx.Err()
 	}
 
 	csr, err := x509.ParseCertificateRequest(csrDER)
@@ -296,6 +309,38 @@ func TestIdentityStoreReleaseStopsRenewal(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	if n := ca.calls.Load(); n != 1 {
 		t.Fatalf("CA called %d times, want only the first", n)
+	}
+}
+
+func TestIdentityStoreReleaseCancelsRenewalInProgress(t *testing.T) {
+	ca := newFakeCA(t, 2*time.Second)
+	s, _ := newTestStore(t, ca)
+	if err := s.Ensure(context.Background(), testID); err != nil {
+		t.Fatalf("Ensure: %v", err)
+	}
+	ca.block.Store(true)
+	select {
+	case <-ca.blocked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no renewal within 5s")
+	}
+
+	released := make(chan struct{})
+	go func() {
+		s.Release(testID)
+		close(released)
+	}()
+	select {
+	case <-released:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Release still waiting for the renewal in progress after 5s")
+	}
+	// A renewal that failed would be retried after retryMin; wait past that to see that
+	// the cancelled one started none.
+	ca.block.Store(false)
+	time.Sleep(retryMin + 500*time.Millisecond)
+	if n := ca.calls.Load(); n != 2 {
+		t.Fatalf("CA called %d times, want 2: the first and the cancelled renewal", n)
 	}
 }
 
