@@ -69,6 +69,9 @@ type Agent struct {
 	// successor needs to own: the admin, metrics and handoff sockets.
 	handoffs    chan handoffReq
 	stopServing []func()
+
+	// heap is used on the loop's goroutine alone: apply, retryFailed and the loop's tick.
+	heap heapReleaser
 }
 
 // Run starts the agent and serves until ctx ends. It returns an error only for what stops
@@ -277,6 +280,7 @@ func (a *Agent) loop(ctx context.Context, readings <-chan fileReading,
 			a.onPolicyFile(r)
 		case <-t.C:
 			a.retryFailed(ctx)
+			a.heap.tick(time.Now())
 		}
 	}
 }
@@ -330,6 +334,7 @@ func (a *Agent) retryFailed(ctx context.Context) {
 		}
 	}
 	a.mu.Unlock()
+	enrolled := 0
 	for _, old := range failed {
 		if ctx.Err() != nil {
 			return
@@ -338,6 +343,12 @@ func (a *Agent) retryFailed(ctx context.Context) {
 		a.mu.Lock()
 		a.workloads[key(old.spec)] = w
 		a.mu.Unlock()
+		if w.failure() == nil {
+			enrolled++
+		}
+	}
+	if enrolled > 0 {
+		a.heap.enrolled(time.Now())
 	}
 }
 
@@ -475,6 +486,9 @@ func (a *Agent) apply(ctx context.Context, f *workloadfile.File, problems []erro
 		a.mu.Lock()
 		a.workloads[key(spec)] = w
 		a.mu.Unlock()
+	}
+	if len(fresh) > 0 {
+		a.heap.enrolled(time.Now())
 	}
 	if relabelled {
 		a.enforcePolicy() // policies select by label
