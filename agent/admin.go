@@ -102,7 +102,8 @@ func (a *Agent) serveAdmin(ctx context.Context) (stop func(), err error) {
 const noGroup = -1
 
 // adminGroupID resolves --admin-group: a numeric gid as it is, which needs no entry in
-// /etc/group, or a group name looked up there (or wherever NSS looks). Empty is noGroup.
+// /etc/group, or a group name looked up in /etc/group alone: the binaries are built
+// without cgo, so NSS sources such as LDAP or sssd are not asked. Empty is noGroup.
 func adminGroupID(group string) (int, error) {
 	if group == "" {
 		return noGroup, nil
@@ -121,8 +122,9 @@ func adminGroupID(group string) (int, error) {
 	g, err := user.LookupGroup(group)
 	var unknown user.UnknownGroupError
 	if errors.As(err, &unknown) {
-		return 0, fmt.Errorf("--admin-group %q: no group of that name on this host; "+
-			"create it (groupadd) or give a numeric gid, which needs no entry in /etc/group",
+		return 0, fmt.Errorf("--admin-group %q: no group of that name in /etc/group (the only "+
+			"place veil looks: not LDAP or sssd); create it there (groupadd) or give a "+
+			"numeric gid, which needs no entry",
 			group)
 	}
 	if err != nil {

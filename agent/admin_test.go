@@ -407,7 +407,8 @@ func copyTestBinary(t *testing.T, dir string) string {
 func TestAdminGroupStartupErrors(t *testing.T) {
 	for _, tc := range []struct{ group, want string }{
 		{"veil-no-such-group", `--admin-group "veil-no-such-group": no group of that name ` +
-			`on this host; create it (groupadd) or give a numeric gid`},
+			`in /etc/group (the only place veil looks: not LDAP or sssd); create it there ` +
+			`(groupadd) or give a numeric gid`},
 		{"4294967295", "--admin-group 4294967295: a gid is 0 to 4294967294; " +
 			"give one in that range or a group name"},
 		{"-1", "--admin-group -1: a gid is 0 to 4294967294"},

@@ -74,8 +74,7 @@ func upCluster() (*cluster, error) {
 	c := &cluster{repo: repo, prefix: testenv.Name("ve2e"), bin: filepath.Join(tmp, "bin")}
 	c.state = filepath.Join("/run/veil", c.prefix)
 
-	build := exec.Command("go", "build", "-o", c.bin+"/", "./cmd/...")
-	build.Dir = repo
+	build := buildCommand(repo, c.bin)
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("building veil: %v\n%s", err, out)
 	}
@@ -108,8 +107,7 @@ func ownCluster(t *testing.T, prefix string, env ...string) *cluster {
 		bin: filepath.Join(t.TempDir(), "bin")}
 	c.state = filepath.Join("/run/veil", c.prefix)
 
-	build := exec.Command("go", "build", "-o", c.bin+"/", "./cmd/...")
-	build.Dir = repo
+	build := buildCommand(repo, c.bin)
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building veil: %v\n%s", err, out)
 	}
@@ -271,4 +269,12 @@ func (c *cluster) connections(t *testing.T, node string) []connection {
 		t.Fatalf("agentctl connections -o json on %s: %v\n%s", node, err, out)
 	}
 	return conns
+}
+
+// buildCommand builds veil's binaries into bin the way make build does: static.
+func buildCommand(repo, bin string) *exec.Cmd {
+	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/...")
+	build.Dir = repo
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	return build
 }

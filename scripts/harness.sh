@@ -18,12 +18,12 @@ commit_label() {
 }
 
 # build_veil builds veil-agent, veil-ca and agentctl into $REPO/bin, stamped with the
-# commit, unless BIN already names binaries to use.
+# commit and static as make build makes them, unless BIN already names binaries to use.
 build_veil() {
 	if [[ -z ${BIN:-} ]]; then
 		BIN=$REPO/bin
 		log "building veil into $BIN"
-		(cd "$REPO" && "$GO" build -ldflags "-X main.version=$(commit_label)" -o "$BIN/" ./cmd/...)
+		(cd "$REPO" && CGO_ENABLED=0 "$GO" build -ldflags "-X main.version=$(commit_label)" -o "$BIN/" ./cmd/...)
 	fi
 	export BIN
 }
