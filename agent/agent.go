@@ -162,7 +162,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	engine := tlsengine.NewEngine(tlsengine.Config{
 		TrustDomain: file.TrustDomain, Bundle: ids.Bundle(), Peers: a.peers, Log: a.log,
 		HBONEPort: cfg.HBONEPort, Observer: a.metrics,
-		AgentPorts: []uint16{cfg.OutboundPort, cfg.InboundPort},
+		AgentPorts:     []uint16{cfg.OutboundPort, cfg.InboundPort},
+		SameNodeDirect: cfg.SameNodeDirect,
 	})
 	a.mu.Lock()
 	a.td, a.ids, a.engine = file.TrustDomain, ids, engine

@@ -73,6 +73,9 @@ type Config struct {
 	MetricsAddr string
 	// AccessLog writes one info line per closed connection.
 	AccessLog bool
+	// SameNodeDirect carries connections between two pods of this node without HBONE,
+	// out of sight of the network plugin's policy (tlsengine.Config.SameNodeDirect).
+	SameNodeDirect bool
 }
 
 // DefaultDrainTimeout is Kubernetes' default termination grace period: an old agent pod

@@ -22,17 +22,21 @@ func TestSameNodeMesh(t *testing.T) {
 	if out := c.run(t, "client", "send", dst+":7701", fmt.Sprint(2<<20), "11"); out != "sent="+want+" reply="+want {
 		t.Fatalf("same-node transfer: %q", out)
 	}
-	found := false
-	for _, p := range c.status(t, "node1").Traffic.Peers {
-		if p.Peer.String() == clientIdentity && p.Direction.String() == "inbound" &&
-			strings.HasSuffix(p.Workload.String(), "/sa/client2") {
-			found = true
+	c.wantInboundPeer(t, "node1", "client2", clientIdentity)
+}
+
+// wantInboundPeer checks that node's agent counted a connection from peer on the
+// inbound side of the pod whose service account is sa.
+func (c *cluster) wantInboundPeer(t *testing.T, node, sa, peer string) {
+	t.Helper()
+	peers := c.status(t, node).Traffic.Peers
+	for _, p := range peers {
+		if p.Peer.String() == peer && p.Direction.String() == "inbound" &&
+			strings.HasSuffix(p.Workload.String(), "/sa/"+sa) {
+			return
 		}
 	}
-	if !found {
-		t.Errorf("node1 did not record client's identity on client2's inbound side: %+v",
-			c.status(t, "node1").Traffic.Peers)
-	}
+	t.Errorf("%s did not record %s on %s's inbound side: %+v", node, peer, sa, peers)
 }
 
 // A pod that connects to its own address reaches its own server, without a loop.

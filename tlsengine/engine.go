@@ -91,6 +91,10 @@ type Config struct {
 	// and DefaultPingTimeout.
 	PingAfter   time.Duration
 	PingTimeout time.Duration
+	// SameNodeDirect carries a connection between two workloads this engine serves
+	// straight to the server's app, without HBONE (local.go). Off: they go over HBONE
+	// like any other, through both pods' network interfaces.
+	SameNodeDirect bool
 }
 
 // Engine carries workloads' connections. One engine serves every workload of a node;
@@ -107,6 +111,9 @@ type Engine struct {
 
 	stats engineStats
 	conns connTable
+	// local are the workloads whose HBONE listener this engine serves: connections to
+	// them from the engine's other workloads skip HBONE (local.go).
+	local localWorkloads
 }
 
 // NewEngine returns an engine; it starts nothing until a Serve method is called.
@@ -141,8 +148,12 @@ func (e *Engine) isAgentPort(port uint16) bool {
 }
 
 // Forget closes what the engine keeps for w beyond its listeners: its pooled HBONE
-// connections, and with them any tunnel still open on them. Call it when w goes away.
-func (e *Engine) Forget(w *Workload) { e.pool.closeFor(w) }
+// connections, and with them any tunnel still open on them, and the connections of its
+// apps carried to another workload directly (local.go). Call it when w goes away.
+func (e *Engine) Forget(w *Workload) {
+	e.pool.closeFor(w)
+	e.resetDirectFrom(w)
+}
 
 // Accept backoff, as net/http does for the same errors: running out of file descriptors
 // or memory is usually brief, and returning would take the listener down for good. Out of

@@ -210,13 +210,20 @@ func serveUntilCleanup(t testing.TB, ln net.Listener, serve func() error) {
 // dial connects as workload a's app to dst, through a's outbound listener.
 func (m *testMesh) dial(dst netip.AddrPort) *net.TCPConn {
 	m.t.Helper()
-	c, err := net.Dial("tcp", m.outAddr)
+	return dialOutbound(m.t, m.outAddr, &m.orig, dst)
+}
+
+// dialOutbound connects to the outbound listener at addr as an app going to dst, which
+// orig tells the engine.
+func dialOutbound(t testing.TB, addr string, orig *origTable, dst netip.AddrPort) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
-		m.t.Fatal(err)
+		t.Fatal(err)
 	}
-	m.orig.set(addrPortOf(c.LocalAddr()), dst)
+	orig.set(addrPortOf(c.LocalAddr()), dst)
 	_ = c.SetDeadline(time.Now().Add(testTimeout))
-	m.t.Cleanup(func() { _ = c.Close() })
+	t.Cleanup(func() { _ = c.Close() })
 	return c.(*net.TCPConn)
 }
 

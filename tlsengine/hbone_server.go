@@ -22,8 +22,11 @@ import (
 
 // ServeHBONE serves HBONE for w on ln (its :15008) until ln is closed: mTLS with w's
 // SVID, then one CONNECT stream per tunnelled connection, each delivered to w's app.
+// While it serves, the engine's other workloads reach w without HBONE (local.go).
 func (e *Engine) ServeHBONE(ln net.Listener, w *Workload) error {
 	cfg := e.serverTLS(w)
+	e.local.add(w)
+	defer e.local.remove(w)
 	return e.serve(ln, Inbound, func(c net.Conn) { e.serveHBONEConn(c, w, cfg) })
 }
 

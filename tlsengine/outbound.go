@@ -10,8 +10,9 @@ import (
 
 // ServeOutbound carries the connections that w's apps made and the interception hooks
 // redirected to ln, until ln is closed. orig tells where each was going. A destination
-// whose identity Peers knows is reached over HBONE; any other in plaintext (see the
-// package doc for why).
+// whose identity Peers knows is reached over HBONE, or with SameNodeDirect directly if
+// this engine serves it too (local.go); any other in plaintext (see the package doc for
+// why).
 func (e *Engine) ServeOutbound(ln net.Listener, w *Workload, orig OriginalDst) error {
 	return e.serve(ln, Outbound, func(c net.Conn) { e.outbound(c, w, orig) })
 }
@@ -29,6 +30,10 @@ func (e *Engine) outbound(app net.Conn, w *Workload, orig OriginalDst) {
 
 	if e.cfg.Peers != nil {
 		if peer, ok := e.cfg.Peers.IdentityFor(dst.Addr()); ok {
+			if lw := e.directTo(w, dst.Addr(), peer); lw != nil {
+				e.outboundLocal(app, w, lw, src, dst)
+				return
+			}
 			e.outboundHBONE(app, w, src, dst, peer)
 			return
 		}

@@ -176,22 +176,34 @@ func reset(c net.Conn) {
 // failure on either side resets both, so each app sees what a direct connection would
 // have shown it.
 func relayConns(app, remote net.Conn, t *tracked) string {
-	up := make(chan pumpResult, 1)
+	return outcomeOf(relayPair(app, remote, t.addSent, t.addReceived))
+}
+
+// relayPair is relayConns for two counts: sent counts what goes from app to remote,
+// received the other way. It returns how each direction ended.
+func relayPair(app, remote net.Conn, sent, received func(int)) (up, down pumpResult) {
+	upc := make(chan pumpResult, 1)
 	go func() {
-		r := pump(remote, app, t.addSent)
+		r := pump(remote, app, sent)
 		endDirection(r, app, remote)
-		up <- r
+		upc <- r
 	}()
-	down := pump(app, remote, t.addReceived)
+	down = pump(app, remote, received)
 	endDirection(down, remote, app)
-	upRes := <-up
+	up = <-upc
 
 	_ = app.Close()
 	_ = remote.Close()
-	if !upRes.clean() {
-		return "sent " + upRes.outcome()
+	return up, down
+}
+
+// outcomeOf says how a relay ended, from the side whose bytes went out in sent: its own
+// direction's end if that failed, else how its bytes coming back in received ended.
+func outcomeOf(sent, received pumpResult) string {
+	if !sent.clean() {
+		return "sent " + sent.outcome()
 	}
-	return "received " + down.outcome()
+	return "received " + received.outcome()
 }
 
 func endDirection(r pumpResult, src, dst net.Conn) {

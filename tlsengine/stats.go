@@ -171,15 +171,25 @@ type tracked struct {
 	// reset; w, for an inbound connection, is the workload Recheck asks again.
 	w   *Workload
 	app net.Conn
+	// client, for the client's end of a connection carried directly (local.go), is the
+	// workload whose app made it, which Forget cuts it for.
+	client *Workload
 }
 
 // track registers a connection that is about to start relaying. app is its
 // application side; w is given for inbound connections only.
 func (e *Engine) track(info ConnInfo, log zerolog.Logger, w *Workload, app net.Conn) *tracked {
-	info.Start = time.Now()
-	t := &tracked{e: e, info: info, dir: &e.stats[info.Direction], log: log, w: w, app: app}
+	return e.register(&tracked{info: info, log: log, w: w, app: app})
+}
+
+// register is track for a connection described in full by t.
+func (e *Engine) register(t *tracked) *tracked {
+	t.e = e
+	t.info.Start = time.Now()
+	t.dir = &e.stats[t.info.Direction]
 	t.dir.opened.Add(1)
-	t.obs = e.observer().Opened(info)
+	t.obs = e.observer().Opened(t.info)
+	info := t.info
 
 	e.conns.mu.Lock()
 	e.conns.next++
@@ -190,7 +200,7 @@ func (e *Engine) track(info ConnInfo, log zerolog.Logger, w *Workload, app net.C
 	}
 	e.conns.mu.Unlock()
 
-	log.Debug().Stringer(logKeyPeer, info.Peer).Msg("connection opened")
+	t.log.Debug().Stringer(logKeyPeer, info.Peer).Msg("connection opened")
 	return t
 }
 

@@ -136,6 +136,11 @@ func newRootCmd() *cobra.Command {
 			"(env VEIL_METRICS_ADDR)")
 	f.BoolVar(&cfg.AccessLog, "access-log", envOr("VEIL_ACCESS_LOG", "") == "true",
 		"log one info line per closed connection (env VEIL_ACCESS_LOG=true)")
+	f.BoolVar(&cfg.SameNodeDirect, "same-node-direct",
+		envOr("VEIL_SAME_NODE_DIRECT", "") == "true",
+		"carry connections between two pods of this node without HBONE: identities and "+
+			"policy are checked as over HBONE, but the bytes are not encrypted and the "+
+			"network plugin's NetworkPolicy does not see them (env VEIL_SAME_NODE_DIRECT=true)")
 	f.StringVar(&logLevel, "log-level", envOr("VEIL_LOG_LEVEL", "info"),
 		"trace, debug, info, warn or error; agentctl log-level changes it at run time "+
 			"(env VEIL_LOG_LEVEL)")
