@@ -29,7 +29,9 @@
 #   --conns N        idle connections held for the memory test, 0 to skip: 10000 [3000]
 #   --idle-pods N    idle mesh pods on node1 for the agent's idle RSS: 100 [0]
 #   --out DIR        results directory
-# Environment: BIN (binaries to use; default: build ./cmd/... into bin/ first), GO (go).
+# Environment: BIN (binaries to use; default: build ./cmd/... into bin/ first), GO (go),
+# AGENT_ARGS (extra flags for both agents, recorded with the results; e.g.
+# AGENT_ARGS=--same-node-direct to measure that option on the same path).
 set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -428,10 +430,10 @@ record_meta() {
 		--arg mode "$( ((QUICK)) && echo quick || echo default)" --argjson reps "$REPS" \
 		--argjson duration "$DURATION" --arg paths "$PATHS" --argjson conns "$CONNS" \
 		--argjson idle "$IDLE_PODS" --arg cpus "$(nproc)" --arg kernel "$(uname -r)" \
-		--arg agent "$(agent_version)" \
+		--arg agent "$(agent_version)" --arg agent_args "${AGENT_ARGS:-}" \
 		'{kind: "meta", meta: {commit: $commit, date: $date, mode: $mode, reps: $reps,
 		  duration: $duration, paths: $paths, conns: $conns, idle_pods: $idle,
-		  cpus: $cpus, kernel: $kernel, agent_version: $agent}}'
+		  cpus: $cpus, kernel: $kernel, agent_version: $agent, agent_args: $agent_args}}'
 }
 
 report() {

@@ -117,6 +117,9 @@ func markdown(res results) string {
 		metaString(m, "date"), metaString(m, "mode"), metaString(m, "reps"),
 		metaString(m, "duration"), metaString(m, "cpus"), metaString(m, "kernel"),
 		metaString(m, "agent_version"))
+	if args, _ := m["agent_args"].(string); args != "" {
+		fmt.Fprintf(&b, "The agents ran with `%s`.\n\n", args)
+	}
 
 	writeTargets(&b, res.Targets)
 	sections := []struct{ id, title, delta string }{
