@@ -19,7 +19,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/veil-mesh/veil/ca"
+	"github.com/veil-mesh/veil/ca/caclient"
 )
 
 // The socket is root's only from the moment it is reachable, and a shared directory it
@@ -214,7 +214,7 @@ func adminAgent(t *testing.T, path, group string) *Agent {
 	t.Helper()
 	a := newAgent(Config{Node: "n1", AdminSocket: path, AdminGroup: group, Version: "test"},
 		zerolog.Nop())
-	a.signer = &trackedSigner{c: &ca.Client{}} // status reports on the CA client
+	a.signer = &trackedSigner{c: &caclient.Client{}} // status reports on the CA client
 	stop, err := a.serveAdmin(t.Context())
 	if err != nil {
 		t.Fatal(err)

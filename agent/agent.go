@@ -16,7 +16,7 @@ import (
 
 	"github.com/veil-mesh/veil/agent/kubesource"
 	"github.com/veil-mesh/veil/agent/workloadfile"
-	"github.com/veil-mesh/veil/ca"
+	"github.com/veil-mesh/veil/ca/caclient"
 	"github.com/veil-mesh/veil/internal/filewatch"
 	"github.com/veil-mesh/veil/redirect"
 	"github.com/veil-mesh/veil/tlsengine"
@@ -124,7 +124,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	a.log.Info().Strs(fieldPrograms, names).Str(fieldCgroup, cfg.Cgroup).
 		Msg("BPF programs attached")
 
-	client, err := ca.NewClient(cfg.CAAddr, cfg.CARoot, cfg.NodeTokenFile)
+	client, err := caclient.NewClient(cfg.CAAddr, cfg.CARoot, cfg.NodeTokenFile)
 	if err != nil {
 		return fmt.Errorf("setting up the CA client: %w", err)
 	}
@@ -527,7 +527,7 @@ func sameWorkload(a, b workloadfile.Workload) bool {
 
 // trackedSigner remembers whether the CA answered last time, for status and readiness.
 type trackedSigner struct {
-	c *ca.Client
+	c *caclient.Client
 
 	mu      sync.Mutex
 	lastOK  time.Time

@@ -8,7 +8,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/veil-mesh/veil/ca"
+	"github.com/veil-mesh/veil/ca/caclient"
 	"github.com/veil-mesh/veil/redirect"
 	"github.com/veil-mesh/veil/tlsengine"
 )
@@ -161,7 +161,7 @@ func (a *Agent) status() Status {
 	return s
 }
 
-func caStatus(addr string, st ca.ClientStatus) CAStatus {
+func caStatus(addr string, st caclient.ClientStatus) CAStatus {
 	s := CAStatus{Addr: addr, Reachable: st.Reachable}
 	if st.LastError != nil {
 		s.LastError = st.LastError.Error()

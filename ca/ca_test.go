@@ -23,6 +23,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/veil-mesh/veil/ca/caclient"
 	"github.com/veil-mesh/veil/internal/testlog"
 )
 
@@ -116,11 +117,11 @@ func startCAWith(t *testing.T, dir string, configure func(*Config)) *testCA {
 	return c
 }
 
-func (c *testCA) client(t *testing.T, token string) *Client {
+func (c *testCA) client(t *testing.T, token string) *caclient.Client {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "token")
 	writeFile(t, path, token+"\n")
-	cl, err := NewClient(c.addr, c.rootPath, path)
+	cl, err := caclient.NewClient(c.addr, c.rootPath, path)
 	if err != nil {
 		t.Fatalf("NewClient: %v", err)
 	}
@@ -232,37 +233,38 @@ func TestSignRefused(t *testing.T) {
 		sentinel    error
 		want        string
 	}{
-		{"wrong token", "token-three", newCSR(t, key, idA), ErrUnauthenticated,
+		{"wrong token", "token-three", newCSR(t, key, idA), caclient.ErrUnauthenticated,
 			prefix + "node token refused (401): missing or unknown node token; send " +
 				"Authorization: Bearer <this node's token>; check that --node-token-file " +
 				"holds this node's token from the CA's node tokens file (with veil-ca " +
 				"--kubernetes, a projected service account token for the CA's audience)"},
-		{"identity not on node", "token-two", newCSR(t, key, idA), ErrForbidden,
+		{"identity not on node", "token-two", newCSR(t, key, idA), caclient.ErrForbidden,
 			prefix + "identity not allowed for this node (403): no workload with identity " +
 				idA + " runs on node node2 according to the workload file; " +
 				"check the workload file the CA reads (with veil-ca --kubernetes, the " +
 				"pods on this node)"},
-		{"not a CSR", "token-one", []byte("garbage"), ErrRejected,
+		{"not a CSR", "token-one", []byte("garbage"), caclient.ErrRejected,
 			// The rest of the message is encoding/asn1's and changes between Go releases.
 			bad("parsing CSR: asn1: structure error: ...")},
-		{"bad signature", "token-one", badSig, ErrRejected,
+		{"bad signature", "token-one", badSig, caclient.ErrRejected,
 			bad("checking CSR signature: x509: ECDSA verification failure")},
 		{"two URIs", "token-one", newCSR(t, key, idA, "spiffe://cluster.local/ns/default/sa/sa-b"),
-			ErrRejected, bad("CSR has 2 URI SANs; it must have exactly one, the SPIFFE ID")},
-		{"no URI", "token-one", newCSR(t, key), ErrRejected,
+			caclient.ErrRejected,
+			bad("CSR has 2 URI SANs; it must have exactly one, the SPIFFE ID")},
+		{"no URI", "token-one", newCSR(t, key), caclient.ErrRejected,
 			bad("CSR has 0 URI SANs; it must have exactly one, the SPIFFE ID")},
 		{"not SPIFFE", "token-one", newCSR(t, key, "https://cluster.local/ns/default/sa/sa-a"),
-			ErrRejected, bad(`CSR URI SAN "https://cluster.local/ns/default/sa/sa-a" is not ` +
-				`a SPIFFE ID: scheme is missing or invalid`)},
+			caclient.ErrRejected, bad(`CSR URI SAN "https://cluster.local/ns/default/sa/sa-a" ` +
+				`is not a SPIFFE ID: scheme is missing or invalid`)},
 		{"other trust domain", "token-one", newCSR(t, key, "spiffe://other/ns/default/sa/sa-a"),
-			ErrRejected, bad("SPIFFE ID spiffe://other/ns/default/sa/sa-a is not in trust " +
-				"domain cluster.local")},
+			caclient.ErrRejected, bad("SPIFFE ID spiffe://other/ns/default/sa/sa-a is not in " +
+				"trust domain cluster.local")},
 		{"bad path", "token-one", newCSR(t, key, "spiffe://cluster.local/sa/sa-a"),
-			ErrRejected, bad("SPIFFE ID spiffe://cluster.local/sa/sa-a does not have the " +
-				"path /ns/<namespace>/sa/<service-account>")},
-		{"RSA key", "token-one", newCSR(t, rsaKey, idA), ErrRejected,
+			caclient.ErrRejected, bad("SPIFFE ID spiffe://cluster.local/sa/sa-a does not have " +
+				"the path /ns/<namespace>/sa/<service-account>")},
+		{"RSA key", "token-one", newCSR(t, rsaKey, idA), caclient.ErrRejected,
 			bad("CSR key is RSA; veil-ca signs only ECDSA P-256 keys")},
-		{"P-384 key", "token-one", newCSR(t, p384, idA), ErrRejected,
+		{"P-384 key", "token-one", newCSR(t, p384, idA), caclient.ErrRejected,
 			bad("CSR key is ECDSA P-384; veil-ca signs only ECDSA P-256 keys")},
 	}
 	for _, tt := range tests {
@@ -349,7 +351,7 @@ func TestWorkloadFileReload(t *testing.T) {
 	cl := c.client(t, "token-one")
 	idB := "spiffe://cluster.local/ns/default/sa/sa-b"
 	_, _, err := cl.Sign(context.Background(), newCSR(t, p256(t), idB))
-	if !errors.Is(err, ErrForbidden) {
+	if !errors.Is(err, caclient.ErrForbidden) {
 		t.Fatalf("before the move: %v, want ErrForbidden", err)
 	}
 
@@ -394,7 +396,7 @@ func TestHandlerLimits(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req := httptest.NewRequest(tt.method, SignPath, strings.NewReader(tt.body))
+			req := httptest.NewRequest(tt.method, caclient.SignPath, strings.NewReader(tt.body))
 			req.Header.Set("Authorization", "Bearer token-one")
 			rec := httptest.NewRecorder()
 			s.Handler().ServeHTTP(rec, req)
@@ -417,7 +419,7 @@ func TestRefusalsRateLimited(t *testing.T) {
 
 	const n = 10 * refusedLogBurst
 	for range n {
-		req := httptest.NewRequest(http.MethodPost, SignPath, strings.NewReader(`{}`))
+		req := httptest.NewRequest(http.MethodPost, caclient.SignPath, strings.NewReader(`{}`))
 		req.Header.Set("Authorization", "Bearer not-a-token")
 		rec := httptest.NewRecorder()
 		s.Handler().ServeHTTP(rec, req)
@@ -446,12 +448,12 @@ func TestClientErrors(t *testing.T) {
 	ln.Close()
 	tokenPath := filepath.Join(t.TempDir(), "token")
 	writeFile(t, tokenPath, "node1 token-one\n")
-	cl, err := NewClient(closed, c.rootPath, tokenPath)
+	cl, err := caclient.NewClient(closed, c.rootPath, tokenPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, _, err = cl.Sign(context.Background(), newCSR(t, p256(t), idA))
-	if !errors.Is(err, ErrUnreachable) ||
+	if !errors.Is(err, caclient.ErrUnreachable) ||
 		!strings.HasPrefix(err.Error(), "CA at "+closed+" unreachable: ") ||
 		!strings.HasSuffix(err.Error(), "connection refused; check --ca-addr and that "+
 			"veil-ca is running") {
@@ -459,16 +461,25 @@ func TestClientErrors(t *testing.T) {
 	}
 
 	other := startCA(t, "")
-	cl, err = NewClient(c.addr, other.rootPath, tokenPath)
+	cl, err = caclient.NewClient(c.addr, other.rootPath, tokenPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, _, err = cl.Sign(context.Background(), newCSR(t, p256(t), idA))
-	if !errors.Is(err, ErrUnreachable) ||
+	if !errors.Is(err, caclient.ErrUnreachable) ||
 		!strings.Contains(err.Error(), "its certificate does not verify") ||
-		!strings.HasSuffix(err.Error(), "check that --ca-root holds the bundle.crt of the CA "+
-			"at that address") {
+		!strings.HasSuffix(err.Error(), "check that --ca-root holds the "+BundleFile+
+			" of the CA at that address") {
 		t.Errorf("wrong root: %v", err)
+	}
+
+	// The client names the CA's bundle file in its errors by a constant of its own, as it
+	// cannot import this package: it must be BundleFile.
+	notPEM := filepath.Join(t.TempDir(), "root.pem")
+	writeFile(t, notPEM, "not a certificate\n")
+	_, err = caclient.NewClient(c.addr, notPEM, tokenPath)
+	if err == nil || !strings.HasSuffix(err.Error(), "point --ca-root at the CA's "+BundleFile) {
+		t.Errorf("root file without a certificate: %v", err)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/veil-mesh/veil/ca/caclient"
 )
 
 // projectedVolume lays out a token the way the kubelet's atomic writer does for a
@@ -52,7 +54,7 @@ func (v *projectedVolume) update(token string) {
 func TestClientRereadsToken(t *testing.T) {
 	c := startCA(t, "")
 	vol := newProjectedVolume(t, "token-one")
-	cl, err := NewClient(c.addr, c.rootPath, vol.path())
+	cl, err := caclient.NewClient(c.addr, c.rootPath, vol.path())
 	if err != nil {
 		t.Fatalf("NewClient: %v", err)
 	}
@@ -69,13 +71,15 @@ func TestClientRereadsToken(t *testing.T) {
 	if _, _, err := cl.Sign(ctx, newCSR(t, p256(t), idB)); err != nil {
 		t.Fatalf("after the token changed to node2's, signing node2's workload: %v", err)
 	}
-	if _, _, err := cl.Sign(ctx, newCSR(t, p256(t), idA)); !errors.Is(err, ErrForbidden) {
+	_, _, err = cl.Sign(ctx, newCSR(t, p256(t), idA))
+	if !errors.Is(err, caclient.ErrForbidden) {
 		t.Fatalf("after the token changed to node2's, node1's workload: got %v, want "+
 			"ErrForbidden", err)
 	}
 
 	vol.update("token-expired")
-	if _, _, err := cl.Sign(ctx, newCSR(t, p256(t), idB)); !errors.Is(err, ErrUnauthenticated) {
+	_, _, err = cl.Sign(ctx, newCSR(t, p256(t), idB))
+	if !errors.Is(err, caclient.ErrUnauthenticated) {
 		t.Fatalf("with an unknown token: got %v, want ErrUnauthenticated", err)
 	}
 

@@ -3,44 +3,12 @@ package ca
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/veil-mesh/veil/ca/caclient"
 )
-
-// How the outcome of each request moves the client's status, on a fake clock.
-func TestReachabilityRecord(t *testing.T) {
-	down := fmt.Errorf("CA at x %w: connection refused", ErrUnreachable)
-	refused := fmt.Errorf("CA at x: %w (403): no", ErrForbidden)
-	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
-
-	var r reachability
-	steps := []struct {
-		err  error
-		want ClientStatus
-	}{
-		{nil, ClientStatus{Reachable: true, LastAttempt: at(0), LastOK: at(0)}},
-		{down, ClientStatus{LastAttempt: at(1), LastOK: at(0), UnreachableSince: at(1),
-			LastError: down}},
-		// A second failure does not move the start of the outage.
-		{down, ClientStatus{LastAttempt: at(2), LastOK: at(0), UnreachableSince: at(1),
-			LastError: down}},
-		// Giving up on a request says nothing about the CA.
-		{fmt.Errorf("asking CA: %w", context.Canceled), ClientStatus{LastAttempt: at(2),
-			LastOK: at(0), UnreachableSince: at(1), LastError: down}},
-		// A refusal is an answer: the CA is back, though the request failed.
-		{refused, ClientStatus{Reachable: true, LastAttempt: at(4), LastOK: at(0),
-			LastError: refused}},
-		{nil, ClientStatus{Reachable: true, LastAttempt: at(5), LastOK: at(5)}},
-	}
-	for i, st := range steps {
-		r.record(at(i), st.err)
-		if got := r.get(); got != st.want {
-			t.Errorf("step %d (%v):\n got %+v\nwant %+v", i, st.err, got, st.want)
-		}
-	}
-}
 
 // A CA that goes away and comes back at the same address: the client reports the outage
 // from the first request that fails to reach it, and clears it by itself with the first
@@ -58,7 +26,7 @@ func TestClientStatusAcrossOutage(t *testing.T) {
 
 	// A second CA, on an address of its own, stopped and started by the test.
 	addr, stop := serveAgain(t, c.srv, "127.0.0.1:0")
-	cl, err := NewClient(addr, c.rootPath, writeToken(t, "token-one"))
+	cl, err := caclient.NewClient(addr, c.rootPath, writeToken(t, "token-one"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,12 +36,12 @@ func TestClientStatusAcrossOutage(t *testing.T) {
 	stop()
 	cl.CloseIdleConnections()
 	before := time.Now()
-	if err := sign(); !errors.Is(err, ErrUnreachable) {
+	if err := sign(); !errors.Is(err, caclient.ErrUnreachable) {
 		t.Fatalf("with the CA stopped: %v, want ErrUnreachable", err)
 	}
 	st := cl.Status()
 	if st.Reachable || st.UnreachableSince.Before(before) || !errors.Is(st.LastError,
-		ErrUnreachable) || st.LastOK.After(before) {
+		caclient.ErrUnreachable) || st.LastOK.After(before) {
 		t.Fatalf("during the outage: %+v", st)
 	}
 

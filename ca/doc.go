@@ -1,11 +1,12 @@
-// Package ca is veil's certificate authority and the client node agents use to reach it.
+// Package ca is veil's certificate authority. Node agents reach it with package caclient,
+// which also holds the wire format both sides share.
 //
 // The CA signs certificate signing requests from node agents over HTTPS (TLS 1.3) at
-// SignPath, authenticating each agent by its node token and authorizing it against the
-// workload file: a node may obtain only the identities of workloads the file places on
-// that node. Keys are generated on the nodes and never reach the CA; the CA decides
-// everything about the certificate except the public key and the SPIFFE ID, which it
-// checks. Every answer carries the trust bundle.
+// caclient.SignPath, authenticating each agent by its node token and authorizing it
+// against the workload file: a node may obtain only the identities of workloads the file
+// places on that node. Keys are generated on the nodes and never reach the CA; the CA
+// decides everything about the certificate except the public key and the SPIFFE ID,
+// which it checks. Every answer carries the trust bundle.
 //
 // The CA signs with one of its own self-signed roots (ECDSA P-256), kept in a directory it
 // creates with mode 0700, keys 0600. A new directory gets root.crt and root.key; roots
@@ -23,13 +24,8 @@
 // Secret RootSecret, of which Dir is the working copy (rootsecret.go); and the bundle is
 // published in the ConfigMap BundleConfigMap (bundleconfigmap.go).
 //
-// A Client trusts the roots it was started with and the bundle of the CA's latest answer,
-// so the CA's own certificate can move to a new root during a rotation. It reads its
-// token file at every request, so a token the kubelet rotates is always the current one.
-//
 // Lifetimes: a Server owns its listener once Serve is called and closes it when Serve
 // returns; the watches, saving and publishing of its mode run while Serve does, except
 // the watch of pods in Kubernetes mode, which runs until the context given to
-// NewKubernetesServer ends. A Client holds an http.Client with idle connections; call
-// CloseIdleConnections when it is no longer needed.
+// NewKubernetesServer ends.
 package ca

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/veil-mesh/veil/ca/caclient"
 )
 
 // clockSkewAllowance is how far before "now" every certificate's NotBefore is set. A
@@ -83,9 +85,10 @@ func (r *root) sign(tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Certifi
 	return cert, nil
 }
 
-// servingCert hands out the CA's TLS certificate for ServerName, issuing a new one from
-// the current authority when there is none, the authority changed (a root was activated,
-// so agents may soon stop trusting the old one), or the current one is past half its life.
+// servingCert hands out the CA's TLS certificate for caclient.ServerName, issuing a new
+// one from the current authority when there is none, the authority changed (a root was
+// activated, so agents may soon stop trusting the old one), or the current one is past
+// half its life.
 type servingCert struct {
 	auth func() *authority
 	now  func() time.Time
@@ -112,8 +115,8 @@ func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return cert, nil
 }
 
-// issueServing makes a key and a certificate for ServerName signed by a, sent with a's
-// chain so that agents can verify it against the bundle.
+// issueServing makes a key and a certificate for caclient.ServerName signed by a, sent
+// with a's chain so that agents can verify it against the bundle.
 func issueServing(a *authority, now time.Time) (*tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -128,7 +131,7 @@ func issueServing(a *authority, now time.Time) (*tls.Certificate, error) {
 		SerialNumber:          serial,
 		NotBefore:             now.Add(-clockSkewAllowance),
 		NotAfter:              a.clamp(now.Add(servingLifetime)),
-		DNSNames:              []string{ServerName},
+		DNSNames:              []string{caclient.ServerName},
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/veil-mesh/veil/ca/caclient"
 	"github.com/veil-mesh/veil/internal/kubetest"
 	"github.com/veil-mesh/veil/internal/testlog"
 )
@@ -234,9 +235,10 @@ func (c countReviews) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // client is an agent's client presenting token.
-func (c *kubeCA) client(t *testing.T, token string) *Client {
+func (c *kubeCA) client(t *testing.T, token string) *caclient.Client {
 	t.Helper()
-	cl, err := NewClient(c.addr, filepath.Join(c.dir, BundleFile), writeToken(t, token))
+	cl, err := caclient.NewClient(c.addr, filepath.Join(c.dir, BundleFile),
+		writeToken(t, token))
 	if err != nil {
 		t.Fatalf("NewClient: %v", err)
 	}
@@ -244,7 +246,7 @@ func (c *kubeCA) client(t *testing.T, token string) *Client {
 	return cl
 }
 
-func sign(t *testing.T, cl *Client, id string) error {
+func sign(t *testing.T, cl *caclient.Client, id string) error {
 	t.Helper()
 	chain, _, err := cl.Sign(context.Background(), newCSR(t, p256(t), id))
 	if err == nil && (len(chain[0].URIs) != 1 || chain[0].URIs[0].String() != id) {
@@ -295,7 +297,8 @@ func TestKubernetesMode(t *testing.T) {
 	}
 	ca := started[0]
 	ca.serve(t)
-	agent1 := ca.client(t, e.token(t, agentNode1, true, DefaultTokenAudience))
+	agent1Token := e.token(t, agentNode1, true, DefaultTokenAudience)
+	agent1 := ca.client(t, agent1Token)
 
 	t.Run("signs-for-pods-on-the-agents-node", func(t *testing.T) {
 		if err := sign(t, agent1, idCart); err != nil {
@@ -312,7 +315,7 @@ func TestKubernetesMode(t *testing.T) {
 			ns, sa := identityParts(spiffeid.RequireFromString(id))
 			want := fmt.Sprintf("no pod of service account %s in namespace %s runs on node "+
 				"node1 according to the Kubernetes API", sa, ns)
-			if !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), want) {
+			if !errors.Is(err, caclient.ErrForbidden) || !strings.Contains(err.Error(), want) {
 				t.Errorf("%s (%s): got %v, want ErrForbidden: %s", id, why, err, want)
 			}
 		}
@@ -327,7 +330,7 @@ func TestKubernetesMode(t *testing.T) {
 			func() error { return sign(t, agent1, idPay) })
 		e.deletePod(t, shopNS, "pay-1")
 		eventually(t, "pay-1 deleted stops it", func() error {
-			if err := sign(t, agent1, idPay); !errors.Is(err, ErrForbidden) {
+			if err := sign(t, agent1, idPay); !errors.Is(err, caclient.ErrForbidden) {
 				return fmt.Errorf("got %v, want ErrForbidden", err)
 			}
 			return nil
@@ -349,16 +352,17 @@ func TestKubernetesMode(t *testing.T) {
 		}
 		for _, tt := range tests {
 			err := sign(t, ca.client(t, tt.token), idCart)
-			if !errors.Is(err, ErrUnauthenticated) || !strings.Contains(err.Error(), tt.want) {
+			if !errors.Is(err, caclient.ErrUnauthenticated) ||
+				!strings.Contains(err.Error(), tt.want) {
 				t.Errorf("%s: got %v, want ErrUnauthenticated: %s", tt.name, err, tt.want)
 			}
 		}
 
-		// A Client always sends a token; without one, the handler answers.
+		// A caclient.Client always sends a token; without one, the handler answers.
 		rec := httptest.NewRecorder()
-		ca.srv.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost, SignPath,
-			strings.NewReader(`{}`)))
-		var got errorResponse
+		ca.srv.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost,
+			caclient.SignPath, strings.NewReader(`{}`)))
+		var got caclient.ErrorResponse
 		_ = json.Unmarshal(rec.Body.Bytes(), &got)
 		want := "no token; send Authorization: Bearer <the agent's projected service " +
 			"account token for audience veil-ca>"
@@ -459,7 +463,7 @@ func TestKubernetesMode(t *testing.T) {
 		logs := ca.logs.String()
 		for what, s := range map[string]string{
 			"a private key": "PRIVATE KEY", "the root key": string(key[40:80]),
-			"a token": agent1Token(t, agent1),
+			"a token": agent1Token,
 		} {
 			if strings.Contains(logs, s) {
 				t.Errorf("the CA's log holds %s", what)
@@ -473,14 +477,4 @@ func TestKubernetesMode(t *testing.T) {
 			}
 		}
 	})
-}
-
-// agent1Token reads back the token a client presents.
-func agent1Token(t *testing.T, cl *Client) string {
-	t.Helper()
-	token, err := loadToken(cl.tokenPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return token
 }

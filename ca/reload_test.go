@@ -17,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/veil-mesh/veil/ca/caclient"
 	"github.com/veil-mesh/veil/internal/testlog"
 )
 
@@ -42,27 +43,46 @@ func signWith(t *testing.T, s *Server) (chain, bundle []*x509.Certificate) {
 	t.Helper()
 	csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST",
 		Bytes: newCSR(t, p256(t), idA)})
-	body, _ := json.Marshal(signRequest{CSR: string(csr)})
-	req := httptest.NewRequest(http.MethodPost, SignPath, bytes.NewReader(body))
+	body, _ := json.Marshal(caclient.SignRequest{CSR: string(csr)})
+	req := httptest.NewRequest(http.MethodPost, caclient.SignPath, bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer token-one")
 	rec := httptest.NewRecorder()
 	s.Handler().ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK {
 		t.Fatalf("sign: %d %s", rec.Code, rec.Body)
 	}
-	var ans signResponse
+	var ans caclient.SignResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &ans); err != nil {
 		t.Fatal(err)
 	}
-	chain, err := parseCerts(ans.CertChain)
-	if err != nil {
-		t.Fatal(err)
+	return pemCerts(t, "certChain", ans.CertChain), pemCerts(t, "bundle", ans.Bundle)
+}
+
+// pemCerts parses what, which must be one or more PEM CERTIFICATE blocks and nothing
+// else.
+func pemCerts(t *testing.T, what, s string) []*x509.Certificate {
+	t.Helper()
+	var certs []*x509.Certificate
+	rest := []byte(s)
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			t.Fatalf("%s: unexpected PEM block %q", what, block.Type)
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		certs = append(certs, c)
 	}
-	bundle, err = parseCerts(ans.Bundle)
-	if err != nil {
-		t.Fatal(err)
+	if len(certs) == 0 {
+		t.Fatalf("%s: no certificates", what)
 	}
-	return chain, bundle
+	return certs
 }
 
 // signedBy reports whether leaf was signed by the root with the given ID, among roots.
@@ -165,15 +185,16 @@ func TestServeMovesToNewRoot(t *testing.T) {
 
 	// By now the CA serves a certificate from the new root: a client that trusts only
 	// the old root and has had no answer yet cannot verify it.
-	fresh, err := NewClient(c.addr, c.rootPath, writeToken(t, "token-one"))
+	fresh, err := caclient.NewClient(c.addr, c.rootPath, writeToken(t, "token-one"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, _, err = fresh.Sign(context.Background(), newCSR(t, p256(t), idA))
-	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "does not verify") {
+	if !errors.Is(err, caclient.ErrUnreachable) ||
+		!strings.Contains(err.Error(), "does not verify") {
 		t.Errorf("client with only the old root: %v, want a verification failure", err)
 	}
-	withBundle, err := NewClient(c.addr, filepath.Join(dir, BundleFile),
+	withBundle, err := caclient.NewClient(c.addr, filepath.Join(dir, BundleFile),
 		writeToken(t, "token-one"))
 	if err != nil {
 		t.Fatal(err)
@@ -192,7 +213,7 @@ func TestServeMovesToNewRoot(t *testing.T) {
 
 // signUntil signs with cl over a new connection each time until cond holds for the
 // answer, or fails the test after five seconds.
-func signUntil(t *testing.T, cl *Client, what string,
+func signUntil(t *testing.T, cl *caclient.Client, what string,
 	cond func(chain, bundle []*x509.Certificate) bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)

@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/veil-mesh/veil/agent/workloadfile"
+	"github.com/veil-mesh/veil/ca/caclient"
 )
 
 // Defaults for Config.
@@ -142,7 +143,7 @@ func newServer(cfg Config) (*Server, error) {
 func (s *Server) BundlePEM() []byte { return []byte(certsPEM(s.auth.Load().bundle)) }
 
 // TLSConfig returns the server side of the CA's TLS: 1.3 only, with a certificate for
-// ServerName issued from the root.
+// caclient.ServerName issued from the root.
 func (s *Server) TLSConfig() *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: s.serving.get}
 }
@@ -219,7 +220,7 @@ func (s *Server) setWorkloads(f *workloadfile.File, problems []error) {
 // Handler returns the CA's HTTP API.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc(SignPath, s.handleSign)
+	mux.HandleFunc(caclient.SignPath, s.handleSign)
 	return mux
 }
 
@@ -236,7 +237,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	var req signRequest
+	var req caclient.SignRequest
 	if status, msg := decodeRequest(w, r, &req); status != 0 {
 		s.refuse(w, r, status, node, spiffeid.ID{}, msg)
 		return
@@ -266,7 +267,7 @@ func (s *Server) issue(w http.ResponseWriter, r *http.Request, node string, id s
 		return
 	}
 
-	writeJSON(w, http.StatusOK, signResponse{
+	writeJSON(w, http.StatusOK, caclient.SignResponse{
 		CertChain: certsPEM(chain),
 		Bundle:    certsPEM(a.bundle),
 	})
@@ -364,7 +365,7 @@ func (s *Server) refuseAuth(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, errorResponse{Error: msg})
+	writeJSON(w, status, caclient.ErrorResponse{Error: msg})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

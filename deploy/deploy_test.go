@@ -9,7 +9,7 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/veil-mesh/veil/ca"
+	"github.com/veil-mesh/veil/ca/caclient"
 	"github.com/veil-mesh/veil/internal/kubetest"
 )
 
@@ -53,8 +53,9 @@ func TestApply(t *testing.T) {
 	if err != nil {
 		t.Fatalf("getting the veil-ca Service: %v", err)
 	}
-	if got := svc.Name + "." + svc.Namespace + ".svc"; got != ca.ServerName {
-		t.Errorf("Service %s does not match the name agents check, %s", got, ca.ServerName)
+	if got := svc.Name + "." + svc.Namespace + ".svc"; got != caclient.ServerName {
+		t.Errorf("Service %s does not match the name agents check, %s", got,
+			caclient.ServerName)
 	}
 	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 15012 {
 		t.Errorf("Service veil-ca ports = %v, want 15012 alone", svc.Spec.Ports)

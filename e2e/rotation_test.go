@@ -30,6 +30,7 @@ import (
 
 	"github.com/veil-mesh/veil/agent"
 	"github.com/veil-mesh/veil/ca"
+	"github.com/veil-mesh/veil/ca/caclient"
 	"github.com/veil-mesh/veil/redirect"
 )
 
@@ -424,8 +425,8 @@ func TestImpersonationRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Close() })
-	cl, err := ca.NewClient(addr, filepath.Join(c.state, "ca", ca.BundleFile),
-		filepath.Join(c.state, "node1", "token"), ca.WithDialContext(
+	cl, err := caclient.NewClient(addr, filepath.Join(c.state, "ca", ca.BundleFile),
+		filepath.Join(c.state, "node1", "token"), caclient.WithDialContext(
 			func(ctx context.Context, _, addr string) (net.Conn, error) {
 				dst, err := netip.ParseAddrPort(addr)
 				if err != nil {
@@ -440,7 +441,7 @@ func TestImpersonationRefused(t *testing.T) {
 
 	server := serverIdentity
 	_, _, err = cl.Sign(context.Background(), csrFor(t, server))
-	if !errors.Is(err, ca.ErrForbidden) || !strings.Contains(err.Error(),
+	if !errors.Is(err, caclient.ErrForbidden) || !strings.Contains(err.Error(),
 		"no workload with identity "+server+" runs on node node1") {
 		t.Fatalf("node1 asking for %s: %v, want ErrForbidden", server, err)
 	}

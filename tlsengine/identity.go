@@ -57,7 +57,7 @@ const (
 	logKeyRoot     = "root"
 )
 
-// Signer has a CSR signed; *ca.Client is one. It returns the chain (leaf first) and the
+// Signer has a CSR signed; *caclient.Client is one. It returns the chain (leaf first) and the
 // CA's current trust bundle.
 type Signer interface {
 	Sign(ctx context.Context, csrDER []byte) (chain, bundle []*x509.Certificate, err error)

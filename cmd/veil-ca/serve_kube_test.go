@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/veil-mesh/veil/ca"
+	"github.com/veil-mesh/veil/ca/caclient"
 	"github.com/veil-mesh/veil/internal/kubetest"
 )
 
@@ -123,7 +124,7 @@ func TestServeKubernetes(t *testing.T) {
 			t.Fatalf("veil-ca serve stopped: %v", err)
 		default:
 		}
-		cl, err := ca.NewClient(listen, filepath.Join(dir, ca.BundleFile), tokenPath)
+		cl, err := caclient.NewClient(listen, filepath.Join(dir, ca.BundleFile), tokenPath)
 		if err != nil {
 			return err
 		}

@@ -1,4 +1,4 @@
-package ca
+package caclient
 
 import (
 	"bytes"
@@ -24,6 +24,11 @@ const maxResponseBytes = 1 << 20
 
 // requestTimeout bounds one Sign call when the caller's context has no earlier deadline.
 const requestTimeout = 30 * time.Second
+
+// bundleFile is the name of the file in the CA's directory that holds the roots agents
+// are to trust (package ca's BundleFile), named in errors that send the operator to it
+// for --ca-root. This package must not import ca; ca's tests check that the two agree.
+const bundleFile = "bundle.crt"
 
 // Client asks a veil-ca to sign CSRs on behalf of one node.
 type Client struct {
@@ -122,7 +127,7 @@ func loadRootPool(path string) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(data) {
 		return nil, fmt.Errorf("CA root %s holds no PEM certificate; point --ca-root at "+
-			"the CA's %s", path, BundleFile)
+			"the CA's %s", path, bundleFile)
 	}
 	return pool, nil
 }
@@ -166,7 +171,7 @@ func (c *Client) Sign(ctx context.Context, csrDER []byte) (chain, bundle []*x509
 		return nil, nil, err
 	}
 
-	body, err := json.Marshal(signRequest{CSR: string(pem.EncodeToMemory(
+	body, err := json.Marshal(SignRequest{CSR: string(pem.EncodeToMemory(
 		&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))})
 	if err != nil {
 		return nil, nil, fmt.Errorf("encoding sign request: %w", err)
@@ -213,14 +218,14 @@ func (c *Client) transportError(err error) error {
 	case errors.As(err, &verr):
 		return fmt.Errorf("CA at %s %w: its certificate does not verify: %w; check that "+
 			"--ca-root holds the %s of the CA at that address", c.addr, ErrUnreachable, err,
-			BundleFile)
+			bundleFile)
 	}
 	return fmt.Errorf("CA at %s %w: %w; check --ca-addr and that veil-ca is running",
 		c.addr, ErrUnreachable, err)
 }
 
 func (c *Client) statusError(status int, data []byte) error {
-	var e errorResponse
+	var e ErrorResponse
 	msg := strings.TrimSpace(string(data))
 	if json.Unmarshal(data, &e) == nil && e.Error != "" {
 		msg = e.Error
@@ -242,7 +247,7 @@ func (c *Client) statusError(status int, data []byte) error {
 }
 
 func (c *Client) parseAnswer(data []byte) (chain, bundle []*x509.Certificate, err error) {
-	var ans signResponse
+	var ans SignResponse
 	if err := json.Unmarshal(data, &ans); err != nil {
 		return nil, nil, fmt.Errorf("CA at %s: decoding answer: %w", c.addr, err)
 	}
