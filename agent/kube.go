@@ -8,7 +8,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/veil-mesh/veil/agent/kubesource"
 	"github.com/veil-mesh/veil/agent/policy"
@@ -31,9 +30,9 @@ func (a *Agent) startKube(ctx context.Context, watches *sync.WaitGroup,
 		return nil, err
 	}
 	rc.UserAgent = "veil-agent/" + a.cfg.Version + " (" + a.cfg.Node + ")"
-	client, err := kubernetes.NewForConfig(rc)
+	core, err := kubesource.NewCoreClient(rc)
 	if err != nil {
-		return nil, fmt.Errorf("making the Kubernetes client: %w", err)
+		return nil, err
 	}
 	dyn, err := dynamic.NewForConfig(rc)
 	if err != nil {
@@ -41,7 +40,7 @@ func (a *Agent) startKube(ctx context.Context, watches *sync.WaitGroup,
 	}
 
 	src := kubesource.New(kubesource.Config{
-		Client: client, Dynamic: dyn, Node: a.cfg.Node, TrustDomain: td, Log: a.log,
+		Core: core, Dynamic: dyn, Node: a.cfg.Node, TrustDomain: td, Log: a.log,
 		FindNetns: func(ip netip.Addr) (string, error) {
 			return redirect.FindNetns(ip, redirect.NetnsDirs, a.cfg.ProcDir, a.cfg.NodeNetns)
 		},

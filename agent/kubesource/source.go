@@ -15,12 +15,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/veil-mesh/veil/agent/policy"
@@ -29,7 +31,9 @@ import (
 
 // Config configures a Source.
 type Config struct {
-	Client  kubernetes.Interface
+	// Core reads pods and namespaces: a client of the core API group, as NewCoreClient
+	// makes.
+	Core    rest.Interface
 	Dynamic dynamic.Interface
 	// Node is this node's name, as pods' spec.nodeName gives it.
 	Node        string
@@ -99,20 +103,18 @@ func (s *Source) Synced() bool {
 // it changed. Both run on Run's goroutine.
 func (s *Source) Run(ctx context.Context, onWorkloads func(*workloadfile.File, []error),
 	onPolicy func(*policy.Policy, []byte)) error {
-	all := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0,
-		informers.WithTransform(trimPod))
-	mine := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0,
-		informers.WithTransform(trimPod),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", s.cfg.Node).String()
-		}))
-	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, 0)
-
-	s.cluster = all.Core().V1().Pods().Informer()
-	s.namespaces = all.Core().V1().Namespaces().Informer()
-	s.local = mine.Core().V1().Pods().Informer()
-	s.pa = dyn.ForResource(PeerAuthenticationsResource).Informer()
-	s.ap = dyn.ForResource(AuthorizationPoliciesResource).Informer()
+	s.cluster = s.coreInformer("pods", &corev1.Pod{}, nil)
+	s.local = s.coreInformer("pods", &corev1.Pod{}, func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", s.cfg.Node).String()
+	})
+	s.namespaces = s.coreInformer("namespaces", &corev1.Namespace{}, nil)
+	s.pa = s.customInformer(PeerAuthenticationsResource)
+	s.ap = s.customInformer(AuthorizationPoliciesResource)
+	for _, inf := range []cache.SharedIndexInformer{s.cluster, s.local} {
+		if err := inf.SetTransform(trimPod); err != nil {
+			return err
+		}
+	}
 	for name, inf := range s.informers() {
 		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(any) { s.poke() },
@@ -126,12 +128,13 @@ func (s *Source) Run(ctx context.Context, onWorkloads func(*workloadfile.File, [
 		}
 	}
 
-	all.Start(ctx.Done())
-	mine.Start(ctx.Done())
-	dyn.Start(ctx.Done())
-	defer all.Shutdown()
-	defer mine.Shutdown()
-	defer dyn.Shutdown()
+	var running sync.WaitGroup
+	defer running.Wait()
+	ctx, stop := context.WithCancel(ctx)
+	defer stop() // before Wait: the informers stop when Run returns
+	for _, inf := range s.informers() {
+		running.Go(func() { inf.RunWithContext(ctx) })
+	}
 
 	syncs := []cache.InformerSynced{}
 	for _, inf := range s.informers() {
@@ -142,6 +145,31 @@ func (s *Source) Run(ctx context.Context, onWorkloads func(*workloadfile.File, [
 	}
 	s.loop(ctx, listerscorev1.NewNamespaceLister(s.namespaces.GetIndexer()), onWorkloads, onPolicy)
 	return nil
+}
+
+// coreInformer watches resource of the core API group, objects like example, with
+// tweak applied to its list and watch options if not nil.
+func (s *Source) coreInformer(resource string, example runtime.Object,
+	tweak func(*metav1.ListOptions)) cache.SharedIndexInformer {
+	if tweak == nil {
+		tweak = func(*metav1.ListOptions) {}
+	}
+	lw := cache.NewFilteredListWatchFromClient(s.cfg.Core, resource, metav1.NamespaceAll, tweak)
+	return cache.NewSharedIndexInformer(lw, example, 0, cache.Indexers{})
+}
+
+// customInformer watches a custom resource, in every namespace.
+func (s *Source) customInformer(gvr schema.GroupVersionResource) cache.SharedIndexInformer {
+	res := s.cfg.Dynamic.Resource(gvr)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return res.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return res.Watch(ctx, o)
+		},
+	}
+	return cache.NewSharedIndexInformer(lw, &unstructured.Unstructured{}, 0, cache.Indexers{})
 }
 
 func (s *Source) informers() map[string]cache.SharedIndexInformer {
