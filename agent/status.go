@@ -161,7 +161,7 @@ func (a *Agent) status() Status {
 	return s
 }
 
-func caStatus(addr string, st caclient.ClientStatus) CAStatus {
+func caStatus(addr string, st caclient.Status) CAStatus {
 	s := CAStatus{Addr: addr, Reachable: st.Reachable}
 	if st.LastError != nil {
 		s.LastError = st.LastError.Error()

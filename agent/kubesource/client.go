@@ -11,8 +11,9 @@ import (
 
 // NewCoreClient makes the client Config.Core wants from rc: a client of the core API
 // group, v1, that knows that group's types and no other. client-go's clientset would do,
-// but importing it registers the types of every API group when the process starts,
-// about 9 MB of a node agent's memory spent on kinds it never reads.
+// but importing it, or the informer factories, registers the types of every API group
+// when the process starts: with 100 idle pods enrolled, the agent's RSS was 40.9 MB with
+// them and 30.1 MB without (scripts/bench.sh), for kinds it never reads.
 func NewCoreClient(rc *rest.Config) (rest.Interface, error) {
 	scheme := runtime.NewScheme()
 	if err := corev1.AddToScheme(scheme); err != nil {

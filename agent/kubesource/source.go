@@ -112,7 +112,7 @@ func (s *Source) Run(ctx context.Context, onWorkloads func(*workloadfile.File, [
 	s.ap = s.customInformer(AuthorizationPoliciesResource)
 	for _, inf := range []cache.SharedIndexInformer{s.cluster, s.local} {
 		if err := inf.SetTransform(trimPod); err != nil {
-			return err
+			return fmt.Errorf("trimming the pods kept in memory: %w", err)
 		}
 	}
 	for name, inf := range s.informers() {
@@ -161,15 +161,16 @@ func (s *Source) coreInformer(resource string, example runtime.Object,
 // customInformer watches a custom resource, in every namespace.
 func (s *Source) customInformer(gvr schema.GroupVersionResource) cache.SharedIndexInformer {
 	res := s.cfg.Dynamic.Resource(gvr)
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return res.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			return res.Watch(ctx, o)
-		},
+	listAll := func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return res.List(ctx, o)
 	}
-	return cache.NewSharedIndexInformer(lw, &unstructured.Unstructured{}, 0, cache.Indexers{})
+	watchAll := func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		return res.Watch(ctx, o)
+	}
+	lw := &cache.ListWatch{ListWithContextFunc: listAll, WatchFuncWithContext: watchAll}
+	// Named, or client-go's log lines would call both resources *unstructured.Unstructured.
+	return cache.NewSharedIndexInformerWithOptions(lw, &unstructured.Unstructured{},
+		cache.SharedIndexInformerOptions{ObjectDescription: gvr.String()})
 }
 
 func (s *Source) informers() map[string]cache.SharedIndexInformer {

@@ -42,13 +42,13 @@ type Client struct {
 	track  reachability
 }
 
-// ClientOption changes how a Client works.
-type ClientOption func(*http.Transport)
+// Option changes how a Client works.
+type Option func(*http.Transport)
 
 // WithDialContext makes the client open its connections with dial, for a caller that
 // must reach the CA from another network namespace.
 func WithDialContext(dial func(ctx context.Context, network, addr string) (net.Conn,
-	error)) ClientOption {
+	error)) Option {
 	return func(tr *http.Transport) { tr.DialContext = dial }
 }
 
@@ -61,7 +61,7 @@ func WithDialContext(dial func(ctx context.Context, network, addr string) (net.C
 // Sign, because a projected service account token (Kubernetes mode) is replaced by the
 // kubelet well before it expires, an hour after it was issued; NewClient reads it once
 // so that a missing file stops the agent at start.
-func NewClient(addr, rootPEMPath, tokenPath string, opts ...ClientOption) (*Client, error) {
+func NewClient(addr, rootPEMPath, tokenPath string, opts ...Option) (*Client, error) {
 	pool, err := loadRootPool(rootPEMPath)
 	if err != nil {
 		return nil, err

@@ -7,10 +7,10 @@ import (
 	"time"
 )
 
-// ClientStatus says how the CA has been answering a Client, for the agent's status: an
+// Status says how the CA has been answering a Client, for the agent's status: an
 // outage shows as Reachable false with the moment it began, and clears by itself with
 // the next request the CA answers.
-type ClientStatus struct {
+type Status struct {
 	// Reachable is true when the CA answered the latest request, whatever it answered.
 	Reachable bool
 	// LastAttempt is when the client last asked; zero before the first request.
@@ -25,12 +25,12 @@ type ClientStatus struct {
 }
 
 // Status reports how the CA has been answering this client.
-func (c *Client) Status() ClientStatus { return c.track.get() }
+func (c *Client) Status() Status { return c.track.get() }
 
-// reachability accumulates ClientStatus from the outcome of every request.
+// reachability accumulates Status from the outcome of every request.
 type reachability struct {
 	mu sync.Mutex
-	st ClientStatus
+	st Status
 }
 
 func (r *reachability) record(now time.Time, err error) {
@@ -55,7 +55,7 @@ func (r *reachability) record(now time.Time, err error) {
 	}
 }
 
-func (r *reachability) get() ClientStatus {
+func (r *reachability) get() Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.st

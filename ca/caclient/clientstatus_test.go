@@ -17,21 +17,21 @@ func TestReachabilityRecord(t *testing.T) {
 	var r reachability
 	steps := []struct {
 		err  error
-		want ClientStatus
+		want Status
 	}{
-		{nil, ClientStatus{Reachable: true, LastAttempt: at(0), LastOK: at(0)}},
-		{down, ClientStatus{LastAttempt: at(1), LastOK: at(0), UnreachableSince: at(1),
+		{nil, Status{Reachable: true, LastAttempt: at(0), LastOK: at(0)}},
+		{down, Status{LastAttempt: at(1), LastOK: at(0), UnreachableSince: at(1),
 			LastError: down}},
 		// A second failure does not move the start of the outage.
-		{down, ClientStatus{LastAttempt: at(2), LastOK: at(0), UnreachableSince: at(1),
+		{down, Status{LastAttempt: at(2), LastOK: at(0), UnreachableSince: at(1),
 			LastError: down}},
 		// Giving up on a request says nothing about the CA.
-		{fmt.Errorf("asking CA: %w", context.Canceled), ClientStatus{LastAttempt: at(2),
+		{fmt.Errorf("asking CA: %w", context.Canceled), Status{LastAttempt: at(2),
 			LastOK: at(0), UnreachableSince: at(1), LastError: down}},
 		// A refusal is an answer: the CA is back, though the request failed.
-		{refused, ClientStatus{Reachable: true, LastAttempt: at(4), LastOK: at(0),
+		{refused, Status{Reachable: true, LastAttempt: at(4), LastOK: at(0),
 			LastError: refused}},
-		{nil, ClientStatus{Reachable: true, LastAttempt: at(5), LastOK: at(5)}},
+		{nil, Status{Reachable: true, LastAttempt: at(5), LastOK: at(5)}},
 	}
 	for i, st := range steps {
 		r.record(at(i), st.err)
