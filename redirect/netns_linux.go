@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -137,7 +138,7 @@ func (n *Netns) Listen(addr netip.AddrPort) (*net.TCPListener, error) {
 type DialOptions struct {
 	// Mark is set as SO_MARK before connecting, so the connect hooks leave the socket alone.
 	Mark uint32
-	// Local, when valid, is bound before connecting (port 0 picks one).
+	// Local, when valid, is bound before connecting (port 0 picks one; see Dial).
 	Local netip.AddrPort
 	// Transparent allows Local to be an address the namespace does not own, so that the
 	// application sees the real client's address. See PrepareNetns for the way back.
@@ -148,7 +149,50 @@ type DialOptions struct {
 }
 
 // Dial opens a TCP connection to dst from inside the namespace.
+//
+// A transparent dial from a port of 0 picks the port itself, at random among
+// localPorts, and tries another on a clash, up to localPortTries times. The kernel's own
+// pick is made at bind, before the destination is known, so it needs a port no socket
+// of that address holds, TIME_WAIT ones included; a delivery from one busy client, whose
+// closes leave a TIME_WAIT socket behind each, then makes every bind scan the range (a
+// quarter of both cores' time at 2,700 new connections a second, in the benchmark) and
+// fails once the scan finds nothing. The port cannot be left to connect
+// (IP_BIND_ADDRESS_NO_PORT) either: BeforeConnect needs it before the SYN is sent. Bound
+// with SO_REUSEADDR, a port whose last connection is in TIME_WAIT can be taken again,
+// and connect refuses only the very four-tuple of a TIME_WAIT socket it may not reuse
+// (net.ipv4.tcp_tw_reuse).
 func (n *Netns) Dial(ctx context.Context, dst netip.AddrPort, opts DialOptions) (net.Conn, error) {
+	if !opts.Transparent || !opts.Local.IsValid() || opts.Local.Port() != 0 {
+		return n.dial(ctx, dst, opts)
+	}
+	var err error
+	for range localPortTries {
+		o := opts
+		o.Local = netip.AddrPortFrom(opts.Local.Addr(),
+			localPorts.lo+uint16(rand.N(int(localPorts.hi-localPorts.lo)+1)))
+		var c net.Conn
+		c, err = n.dial(ctx, dst, o)
+		if !errors.Is(err, unix.EADDRINUSE) && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return c, err
+		}
+	}
+	return nil, fmt.Errorf("%d ports of %s tried, all taken; the last: %w", localPortTries,
+		opts.Local.Addr(), err)
+}
+
+// localPorts are the ports a transparent dial picks from: Linux's default ephemeral
+// range. The namespace's own range (net.ipv4.ip_local_port_range) is for its own
+// addresses; a transparent dial binds the client's, which no other socket there uses
+// but earlier deliveries from the same client.
+var localPorts = struct{ lo, hi uint16 }{32768, 60999}
+
+// localPortTries bounds the ports one transparent dial tries. A clash needs the port's
+// socket to be live, or a TIME_WAIT one to the same destination that may not be reused:
+// rare unless the client holds most of the 28,232 ports with one destination.
+const localPortTries = 8
+
+// dial is Dial with one local address.
+func (n *Netns) dial(ctx context.Context, dst netip.AddrPort, opts DialOptions) (net.Conn, error) {
 	family := unix.AF_INET
 	if dst.Addr().Is6() && !dst.Addr().Is4In6() {
 		family = unix.AF_INET6
@@ -175,6 +219,11 @@ func (n *Netns) Dial(ctx context.Context, dst netip.AddrPort, opts DialOptions) 
 		}
 	}
 	if opts.Local.IsValid() {
+		if opts.Local.Port() != 0 {
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+				return nil, fmt.Errorf("setting SO_REUSEADDR: %w", err)
+			}
+		}
 		if err := unix.Bind(fd, sockaddr(family, opts.Local)); err != nil {
 			return nil, fmt.Errorf("binding %s in netns %s: %w", opts.Local, n.path, err)
 		}

@@ -3,9 +3,11 @@ package redirect_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -317,6 +319,82 @@ func TestTransparentDeliveryShowsClientAddress(t *testing.T) {
 
 func addrOf(a net.Addr) netip.Addr {
 	return netip.MustParseAddrPort(a.String()).Addr().Unmap()
+}
+
+// Deliveries from one client leave a TIME_WAIT socket behind each when the agent's side
+// closes first. They must not run out of ports where the pod's own ephemeral range would
+// have: here it holds ten ports, and thirty deliveries are made.
+func TestTransparentDeliveryOutlastsTimeWait(t *testing.T) {
+	f := newFixture(t)
+	const deliveryMark = testMark + 1
+	if err := redirect.PrepareNetns(f.podNS, deliveryMark); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.podNS.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("40000 40009"), 0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	app := f.listen(t, "0.0.0.0:8080")
+	client := netip.MustParseAddr("10.77.0.5")
+	dst := netip.AddrPortFrom(podIP, 8080)
+	const deliveries = 30
+	for i := range deliveries {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := f.podNS.Dial(ctx, dst, redirect.DialOptions{
+			Mark: deliveryMark, Transparent: true, Local: netip.AddrPortFrom(client, 0),
+			BeforeConnect: func(local netip.AddrPort) (func(), error) { return f.r.Exempt(local, dst) },
+		})
+		cancel()
+		if err != nil {
+			t.Fatalf("delivery %d of %d: %v", i+1, deliveries, err)
+		}
+		a, err := accept(t, app)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := addrOf(a.RemoteAddr()); got != client {
+			t.Fatalf("delivery %d: application sees the client as %s, want %s", i+1, got, client)
+		}
+		c.Close() // the agent's side first: its socket is the one left in TIME_WAIT
+		a.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, a); err != nil {
+			t.Fatalf("delivery %d: waiting for the agent's FIN: %v", i+1, err)
+		}
+		a.Close()
+	}
+	// The deliveries' sockets are in TIME_WAIT: more of them than the pod's range holds.
+	deadline := time.Now().Add(5 * time.Second)
+	for n := 0; n < deliveries; n = timeWaitFrom(t, f.podNS, client) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d deliveries in TIME_WAIT; the test did not make what it tests",
+				n, deliveries)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// timeWaitFrom counts the TCP sockets in TIME_WAIT in ns whose local address is ip.
+func timeWaitFrom(t *testing.T, ns *redirect.Netns, ip netip.Addr) int {
+	t.Helper()
+	var table []byte
+	if err := ns.Do(func() error {
+		var err error
+		table, err = os.ReadFile("/proc/thread-self/net/tcp")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	a := ip.As4()
+	local := fmt.Sprintf("%02X%02X%02X%02X:", a[3], a[2], a[1], a[0])
+	n := 0
+	for _, line := range strings.Split(string(table), "\n")[1:] {
+		fields := strings.Fields(line)
+		if len(fields) > 3 && strings.HasPrefix(fields[1], local) && fields[3] == "06" {
+			n++
+		}
+	}
+	return n
 }
 
 // A delivery to a port nobody listens on is refused at once, as a direct connection
