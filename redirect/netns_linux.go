@@ -150,34 +150,31 @@ type DialOptions struct {
 
 // Dial opens a TCP connection to dst from inside the namespace.
 //
-// A transparent dial from a port of 0 picks the port itself, at random among
-// localPorts, and tries another on a clash, up to localPortTries times. The kernel's own
-// pick is made at bind, before the destination is known, so it needs a port no socket
-// of that address holds, TIME_WAIT ones included; a delivery from one busy client, whose
-// closes leave a TIME_WAIT socket behind each, then makes every bind scan the range (a
-// quarter of both cores' time at 2,700 new connections a second, in the benchmark) and
-// fails once the scan finds nothing. The port cannot be left to connect
-// (IP_BIND_ADDRESS_NO_PORT) either: BeforeConnect needs it before the SYN is sent. Bound
-// with SO_REUSEADDR, a port whose last connection is in TIME_WAIT can be taken again,
-// and connect refuses only the very four-tuple of a TIME_WAIT socket it may not reuse
-// (net.ipv4.tcp_tw_reuse).
+// A transparent dial from a port of 0 first tries ports it picks itself, at random
+// among localPorts, up to localPortTries of them, and only then leaves the pick to the
+// kernel. The kernel picks at bind, before the destination is known, so it wants a port
+// no socket of that address holds, TIME_WAIT ones included; a delivery from one busy
+// client, whose closes leave a TIME_WAIT socket behind each, then makes every bind scan
+// the range (a quarter of both cores' time at 2,700 new connections a second, in the
+// benchmark). A port of our own pick is bound with SO_REUSEADDR, so one whose last
+// connection is in TIME_WAIT can be taken again, and connect refuses it only for the
+// very four-tuple of a live socket or of a TIME_WAIT one it may not reuse
+// (net.ipv4.tcp_tw_reuse). The port cannot be left to connect
+// (IP_BIND_ADDRESS_NO_PORT): BeforeConnect needs it before the SYN is sent.
 func (n *Netns) Dial(ctx context.Context, dst netip.AddrPort, opts DialOptions) (net.Conn, error) {
 	if !opts.Transparent || !opts.Local.IsValid() || opts.Local.Port() != 0 {
 		return n.dial(ctx, dst, opts)
 	}
-	var err error
 	for range localPortTries {
 		o := opts
 		o.Local = netip.AddrPortFrom(opts.Local.Addr(),
 			localPorts.lo+uint16(rand.N(int(localPorts.hi-localPorts.lo)+1)))
-		var c net.Conn
-		c, err = n.dial(ctx, dst, o)
+		c, err := n.dial(ctx, dst, o)
 		if !errors.Is(err, unix.EADDRINUSE) && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			return c, err
 		}
 	}
-	return nil, fmt.Errorf("%d ports of %s tried, all taken; the last: %w", localPortTries,
-		opts.Local.Addr(), err)
+	return n.dial(ctx, dst, opts) // most ports are taken: let the kernel search them all
 }
 
 // localPorts are the ports a transparent dial picks from: Linux's default ephemeral
@@ -186,10 +183,11 @@ func (n *Netns) Dial(ctx context.Context, dst netip.AddrPort, opts DialOptions) 
 // but earlier deliveries from the same client.
 var localPorts = struct{ lo, hi uint16 }{32768, 60999}
 
-// localPortTries bounds the ports one transparent dial tries. A clash needs the port's
-// socket to be live, or a TIME_WAIT one to the same destination that may not be reused:
-// rare unless the client holds most of the 28,232 ports with one destination.
-const localPortTries = 8
+// localPortTries bounds the ports a transparent dial picks before it leaves the pick to
+// the kernel. A pick fails when a live delivery from the client to the same destination
+// holds the port, or a TIME_WAIT one that may not be reused: with half the range so
+// held, four picks all fail once in 16 dials.
+const localPortTries = 4
 
 // dial is Dial with one local address.
 func (n *Netns) dial(ctx context.Context, dst netip.AddrPort, opts DialOptions) (net.Conn, error) {
