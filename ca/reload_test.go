@@ -55,34 +55,14 @@ func signWith(t *testing.T, s *Server) (chain, bundle []*x509.Certificate) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &ans); err != nil {
 		t.Fatal(err)
 	}
-	return pemCerts(t, "certChain", ans.CertChain), pemCerts(t, "bundle", ans.Bundle)
-}
-
-// pemCerts parses what, which must be one or more PEM CERTIFICATE blocks and nothing
-// else.
-func pemCerts(t *testing.T, what, s string) []*x509.Certificate {
-	t.Helper()
-	var certs []*x509.Certificate
-	rest := []byte(s)
-	for {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			t.Fatalf("%s: unexpected PEM block %q", what, block.Type)
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		certs = append(certs, c)
+	var err error
+	if chain, err = caclient.ParseCerts(ans.CertChain); err != nil {
+		t.Fatalf("certChain: %v", err)
 	}
-	if len(certs) == 0 {
-		t.Fatalf("%s: no certificates", what)
+	if bundle, err = caclient.ParseCerts(ans.Bundle); err != nil {
+		t.Fatalf("bundle: %v", err)
 	}
-	return certs
+	return chain, bundle
 }
 
 // signedBy reports whether leaf was signed by the root with the given ID, among roots.

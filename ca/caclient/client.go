@@ -251,17 +251,18 @@ func (c *Client) parseAnswer(data []byte) (chain, bundle []*x509.Certificate, er
 	if err := json.Unmarshal(data, &ans); err != nil {
 		return nil, nil, fmt.Errorf("CA at %s: decoding answer: %w", c.addr, err)
 	}
-	if chain, err = parseCerts(ans.CertChain); err != nil {
+	if chain, err = ParseCerts(ans.CertChain); err != nil {
 		return nil, nil, fmt.Errorf("CA at %s: parsing certChain: %w", c.addr, err)
 	}
-	if bundle, err = parseCerts(ans.Bundle); err != nil {
+	if bundle, err = ParseCerts(ans.Bundle); err != nil {
 		return nil, nil, fmt.Errorf("CA at %s: parsing bundle: %w", c.addr, err)
 	}
 	return chain, bundle, nil
 }
 
-// parseCerts parses consecutive PEM CERTIFICATE blocks; at least one is required.
-func parseCerts(s string) ([]*x509.Certificate, error) {
+// ParseCerts parses the certificates of a SignResponse field: consecutive PEM
+// CERTIFICATE blocks, at least one.
+func ParseCerts(s string) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	rest := []byte(s)
 	for {
