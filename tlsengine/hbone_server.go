@@ -159,7 +159,9 @@ func (sc *h2Conn) serveStream(st *h2Stream, req connectRequest) {
 	})
 	cancel()
 	if err != nil {
-		sc.refuse(st, log, dialFailureStatus(err), fmt.Errorf("dialing app: %w", err))
+		err = fmt.Errorf("dialing app: %w", err)
+		sc.e.warnDialFailure(sc.w.ID, sc.peer, sc.remote, dst, err)
+		sc.refuse(st, log, dialFailureStatus(err), err)
 		return
 	}
 
@@ -167,6 +169,20 @@ func (sc *h2Conn) serveStream(st *h2Stream, req connectRequest) {
 		Workload: sc.w.ID, Direction: Inbound, Local: dst, Remote: sc.remote, Peer: sc.peer,
 	}, log, sc.w, app)
 	t.done(relayStream(st, app, t))
+}
+
+// warnDialFailure logs a delivery to w's app at dst, for peer at src, that failed for
+// another reason than the app refusing it: no free port, a timeout, a namespace gone,
+// trouble of the node's that the client sees only as a refused CONNECT. A refusal is the
+// app's answer, as it would be without the mesh, and stays at debug. Sampled, like every
+// line a peer can cause once per connection.
+func (e *Engine) warnDialFailure(w, peer spiffeid.ID, src, dst netip.AddrPort, err error) {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return
+	}
+	e.rejectLog.Warn().Stringer(logKeyWorkload, w).Stringer(logKeyPeer, peer).
+		Stringer(logKeySrc, src).Stringer(logKeyDst, dst).Err(err).
+		Msg("delivery to the app failed")
 }
 
 // dialApart runs dial in a goroutine of its own and waits for it. A dial into a pod's

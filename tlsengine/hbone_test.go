@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -197,6 +199,30 @@ func TestHBONEDialRefusedResetsClient(t *testing.T) {
 	expectReset(t, c)
 	waitCounters(t, m.client, Outbound, Counters{Failed: 1}, true)
 	waitCounters(t, m.server, Inbound, Counters{Failed: 1}, true)
+	// The app's own refusal is no trouble of the node's: no warning.
+	if logs := m.serverLogs.String(); strings.Contains(logs, "delivery to the app failed") {
+		t.Errorf("a refused delivery was warned about:\n%s", logs)
+	}
+}
+
+// A delivery that fails for the node's own reasons, here no free local port, resets the
+// client as a refusal does, and is logged as a warning that says why.
+func TestHBONEDeliveryFailureIsWarned(t *testing.T) {
+	m := newMesh(t, meshOpts{
+		logLevel: zerolog.InfoLevel,
+		dialApp: func(context.Context, netip.AddrPort) (net.Conn, error) {
+			return nil, fmt.Errorf("binding 10.0.0.1:0: %w", syscall.EADDRNOTAVAIL)
+		},
+	})
+	c := m.dial(netip.AddrPortFrom(loopback, 9))
+
+	expectReset(t, c)
+	waitCounters(t, m.server, Inbound, Counters{Failed: 1}, true)
+	logs := m.serverLogs.String()
+	if !containsAll(logs, `"level":"warn"`, "delivery to the app failed",
+		"cannot assign requested address", `"dst":"127.0.0.1:9"`, `"peer":"spiffe://`) {
+		t.Errorf("no warning naming the delivery and its cause:\n%s", logs)
+	}
 }
 
 func TestHBONEDialTimeoutResetsClient(t *testing.T) {

@@ -175,6 +175,7 @@ func (e *Engine) outboundLocal(app net.Conn, w, lw *Workload, src, dst netip.Add
 	})
 	cancel()
 	if err != nil {
+		e.warnDialFailure(lw.ID, w.ID, client, dst, err)
 		refuse(err, "same-node delivery failed")
 		return
 	}
