@@ -374,6 +374,47 @@ func TestTransparentDeliveryOutlastsTimeWait(t *testing.T) {
 	}
 }
 
+// A delivery whose picked ports are all taken leaves the pick to the kernel rather than
+// failing. Here the agent may pick one port only, and a live delivery from the same
+// client to the same destination holds it.
+func TestTransparentDeliveryFallsBackToTheKernelsPort(t *testing.T) {
+	f := newFixture(t)
+	const deliveryMark = testMark + 1
+	if err := redirect.PrepareNetns(f.podNS, deliveryMark); err != nil {
+		t.Fatal(err)
+	}
+	const only = 40000
+	redirect.SetLocalPorts(t, only, only)
+	app := f.listen(t, "0.0.0.0:8080")
+	client := netip.MustParseAddr("10.77.0.5")
+	dst := netip.AddrPortFrom(podIP, 8080)
+	deliver := func() uint16 {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := f.podNS.Dial(ctx, dst, redirect.DialOptions{
+			Mark: deliveryMark, Transparent: true, Local: netip.AddrPortFrom(client, 0),
+			BeforeConnect: func(local netip.AddrPort) (func(), error) { return f.r.Exempt(local, dst) },
+		})
+		if err != nil {
+			t.Fatalf("delivery: %v", err)
+		}
+		t.Cleanup(func() { c.Close() })
+		a, err := accept(t, app)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close() })
+		return netip.MustParseAddrPort(a.RemoteAddr().String()).Port()
+	}
+	if p := deliver(); p != only {
+		t.Fatalf("first delivery came from port %d, want the one port it may pick, %d", p, only)
+	}
+	if p := deliver(); p == only {
+		t.Fatalf("second delivery came from port %d too", p)
+	}
+}
+
 // timeWaitFrom counts the TCP sockets in TIME_WAIT in ns whose local address is ip.
 func timeWaitFrom(t *testing.T, ns *redirect.Netns, ip netip.Addr) int {
 	t.Helper()
